@@ -1,0 +1,244 @@
+"""Token ids -> language-model blocks -> DataLoaders whose order survives a restart.
+
+Two things matter here and both are about resuming: the data order is a pure function of
+(seed, epoch) drawn from private generators, so nothing else in the run (evaluation, sampling,
+dropout) can shift it; and the sampler can start mid-epoch, so a resumed run sees exactly the
+batches the interrupted one had left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+
+
+@dataclass
+class TokenData:
+    """Everything a run needs from a data source, before it is cut into blocks."""
+
+    train_ids: torch.Tensor  # 1-D int64
+    val_ids: torch.Tensor  # 1-D int64
+    tokenizer: Any  # a tokenizer.Tokenizer
+    known_entropy: float | None = None  # nats/token a perfect model reaches (synthetic only)
+    source: str = ""
+
+
+def pack_blocks(ids: torch.Tensor, block_size: int, *, name: str = "token stream") -> torch.Tensor:
+    """[N, block_size + 1] windows with stride block_size; the ragged tail is dropped.
+
+    Consecutive blocks share their boundary token (last of one = first of the next), so every
+    token after the first is a prediction target exactly once per epoch and nothing is wasted.
+    The result is a contiguous copy (1/block_size more memory than the ids) so a batch is one
+    gather of whole rows.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    n_blocks = (ids.numel() - 1) // block_size if ids.numel() > 0 else 0
+    if n_blocks < 1:
+        raise DataError(
+            f"The {name} has {ids.numel()} tokens but one block of block_size={block_size} needs "
+            f"{block_size + 1}. Use a smaller block_size or more data (e.g. more synthetic_tokens "
+            "or a larger val_fraction for the validation split)."
+        )
+    return ids[: n_blocks * block_size + 1].unfold(0, block_size + 1, block_size).contiguous()
+
+
+class BlockDataset(Dataset):
+    """Indexing with a whole batch of indices returns the whole batch in one op.
+
+    Used with DataLoader(batch_size=None, sampler=ResumableBatchSampler): each sampler item is a
+    1-D LongTensor of indices, so there is no per-sample __getitem__ and no collate step.
+    """
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, idx: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.blocks[idx]
+        # Contiguous so consumers may .view() them (the shifted slices otherwise are not).
+        return rows[..., :-1].contiguous(), rows[..., 1:].contiguous()
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) into well-spread bits: seeds 1 and 2 must not give
+    # related permutations, and negative seeds are folded into the unsigned range.
+    entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+class ResumableBatchSampler:
+    """Yields 1-D LongTensor index batches; order depends only on (seed, epoch).
+
+    Iterating runs the current epoch from `start_batch`, then moves on to the next epoch, so
+    `state_dict()` taken at any point (between batches) says exactly where to resume. Calling
+    `set_epoch(e)` before each epoch (the DistributedSampler habit) works too.
+
+    Sharding for DDP: the epoch's permutation is padded by repeating its first items
+    (drop_last=False) or truncated (drop_last=True) to a multiple of world_size, and rank r takes
+    every world_size-th index from position r. Every rank then has the same number of batches,
+    which DDP needs (a rank with one batch more would hang in all-reduce); padding repeats at
+    most world_size - 1 items per epoch. drop_last also drops the last short batch.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1 or n_items < 0:
+            raise ValueError(f"Need batch_size >= 1 and n_items >= 0, got {batch_size}, {n_items}.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..world_size-1 ({world_size=}).")
+        self.n_items, self.batch_size, self.seed = int(n_items), int(batch_size), int(seed)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0  # batches of `epoch` already handed out
+
+    @property
+    def items_per_rank(self) -> int:
+        if self.drop_last:
+            return self.n_items // self.world_size
+        return math.ceil(self.n_items / self.world_size)
+
+    def __len__(self) -> int:
+        """Batches in a full epoch for this rank (a resumed epoch yields fewer)."""
+        if self.drop_last:
+            return self.items_per_rank // self.batch_size
+        return math.ceil(self.items_per_rank / self.batch_size)
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's item order for `epoch` (all batches, before start_batch skipping)."""
+        if self.shuffle:
+            # A private generator: the global RNG (dropout, sampling, other libraries) can
+            # neither change this order nor be changed by it.
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            perm = torch.randperm(self.n_items, generator=g)
+        else:
+            perm = torch.arange(self.n_items)
+        if self.world_size > 1:
+            total = self.items_per_rank * self.world_size
+            if total > perm.numel():  # pad by wrapping around (tiny datasets may wrap twice)
+                perm = perm.repeat(math.ceil(total / max(perm.numel(), 1)))
+            perm = perm[:total][self.rank :: self.world_size]
+        return perm
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch to iterate; start_batch > 0 skips batches a resumed run already saw."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is not in 0..{len(self)} for this epoch.")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self.epoch_indices(self.epoch)
+        bs = self.batch_size
+        for b in range(self.start_batch, len(self)):
+            # Counted when handed out: a checkpoint taken after this batch is processed must
+            # not replay it.
+            self.start_batch = b + 1
+            yield order[b * bs : (b + 1) * bs]
+        self.epoch, self.start_batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "start_batch": self.start_batch,
+            "n_items": self.n_items,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("n_items", "batch_size"):
+            if int(state[key]) != getattr(self, key):
+                raise DataError(
+                    f"Cannot resume the data order: the checkpoint had {key}={state[key]}, this "
+                    f"run has {getattr(self, key)}. Resume with the same data, block_size and "
+                    "batch_size, or start a fresh run."
+                )
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]), int(state["start_batch"]))
+
+
+def make_dataloaders(
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    block_size: int,
+    batch_size: int,
+    seed: int,
+    *,
+    pin_memory: bool = False,
+    drop_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[DataLoader, DataLoader]:
+    """Train (shuffled, resumable: `train_loader.sampler`) and validation (in order) loaders.
+
+    Yields (inputs, targets) int64 [B, block_size]. num_workers=0 on purpose: the data is one
+    in-memory tensor and a batch is a single gather, so worker processes would only add start-up
+    time, pickling and RNG state to manage. drop_last applies to training only when there is at
+    least one full batch per rank; validation keeps every block so its loss covers all of it.
+    """
+    train_blocks = pack_blocks(train_ids, block_size, name="training split")
+    val_blocks = pack_blocks(val_ids, block_size, name="validation split")
+    train_sampler = ResumableBatchSampler(
+        len(train_blocks),
+        batch_size,
+        seed,
+        shuffle=True,
+        drop_last=drop_last and len(train_blocks) >= batch_size * world_size,
+        rank=rank,
+        world_size=world_size,
+    )
+    val_sampler = ResumableBatchSampler(
+        len(val_blocks), batch_size, seed, shuffle=False, rank=rank, world_size=world_size
+    )
+    # Pinning needs a GPU; asking for it without one only earns a warning per loader.
+    pin = pin_memory and torch.cuda.is_available()
+
+    def loader(blocks: torch.Tensor, sampler: ResumableBatchSampler) -> DataLoader:
+        # A private generator: every iter(DataLoader) draws a base seed from `generator`, which
+        # would otherwise be the global RNG, so merely running evaluation would shift dropout.
+        return DataLoader(
+            BlockDataset(blocks),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=0,
+            pin_memory=pin,
+            generator=torch.Generator(),
+        )
+
+    return loader(train_blocks, train_sampler), loader(val_blocks, val_sampler)
+
+
+def load_token_data(config: Any) -> TokenData:
+    """Dispatch on config.data_source to the source that turns it into token ids."""
+    source = str(config.data_source)
+    # Imported here, not at the top: synthetic/text import TokenData from this module.
+    if source == "synthetic":
+        from .synthetic import synthetic_token_data
+
+        return synthetic_token_data(config)
+    if source == "local":
+        from .text import local_token_data
+
+        return local_token_data(config)
+    raise DataError(
+        f"data_source={source!r} is not available yet: it arrives with the data-sources issue. "
+        "Use data_source='synthetic' (no files needed) or 'local' (your own text files) for now."
+    )

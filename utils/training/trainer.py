@@ -1,0 +1,604 @@
+"""The training loop.
+
+Reads top to bottom: ``fit`` -> epochs -> optimizer steps -> micro-batches. The loop knows
+nothing about SQLite, W&B or plots; those hook in through ``Callback``. What it does own:
+mixed precision chosen from the hardware, token-weighted gradient accumulation, clipping after
+unscaling, warmup + cosine, evaluation, early stopping, a NaN guard, checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metric_names as M
+from .checkpoints import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    seed_everything,
+    strip_compile_prefix,
+)
+from .hardware import (
+    Precision,
+    choose_device,
+    choose_precision,
+    configure_backends,
+    device_description,
+    peak_flops,
+)
+from .models.gpt import generate
+
+if TYPE_CHECKING:
+    from .training_config import TrainingConfig
+    from .workspace import Workspace
+
+IGNORE_INDEX = -100
+# Fields whose change makes an old checkpoint's weights unusable.
+_SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", "d_ff", "block_size")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+class Callback:
+    """Hooks into the loop. Override what you need; every method is optional.
+
+    ``state_dict``/``load_state_dict`` let a callback's own history ride along in checkpoints, so
+    a resumed run's tracker carries on where it stopped. Set ``trainer.should_stop = True`` to end
+    training after the current epoch (e.g. a search pruning a trial).
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, result: TrainingResult) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainingResult:
+    run_name: str
+    status: str  # completed | early_stopped | stopped | already_finished
+    epochs_completed: int
+    global_step: int
+    best_val_loss: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    precision: str
+    elapsed: float
+    checkpoint_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.history[-1][M.VAL_LOSS] if self.history else math.nan
+
+    @property
+    def final_train_loss(self) -> float:
+        return self.history[-1][M.TRAIN_LOSS] if self.history else math.nan
+
+    def __str__(self) -> str:
+        return (
+            f"{self.run_name}: {self.status} after {self.epochs_completed} epochs "
+            f"({self.global_step} steps, {self.elapsed:.0f}s); best val loss "
+            f"{self.best_val_loss:.4f} at epoch {self.best_epoch}"
+        )
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor_ratio: float) -> float:
+    """Linear warmup to ``peak``, then cosine decay to ``peak * floor_ratio`` at the last step."""
+    if step < warmup_steps:
+        return peak * (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return peak * (floor_ratio + (1.0 - floor_ratio) * cosine)
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW where only matrices (weights, embeddings) decay: decaying norm gains and biases
+    pulls them towards zero for no regularisation benefit."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        fused=device.type == "cuda",  # one kernel for the whole update on GPU
+    )
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        model: nn.Module,
+        train_loader: Iterable,
+        val_loader: Iterable,
+        callbacks: Sequence[Callback] = (),
+        workspace: Workspace | None = None,
+        *,
+        tokenizer: Any = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        self.config = config
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.callbacks = list(callbacks)
+        self.workspace = workspace
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self.verbose = verbose
+
+        self.device = choose_device(str(device) if device else None)
+        configure_backends(self.device)
+        self.precision: Precision = choose_precision(config.precision, self.device)
+        self.raw_model = model.to(self.device)
+        self.model = torch.compile(model) if config.compile else model
+        self.optimizer = build_optimizer(self.raw_model, config, self.device)
+        # Disabled scaler is a no-op pass-through, so the step code has one path for all dtypes.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
+
+        self.micro_batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        accum = config.grad_accum_steps
+        self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch / accum))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = round(config.warmup_ratio * self.total_steps)
+
+        flops = getattr(self.raw_model, "flops_per_token", None)
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        self.flops_per_token = flops() if callable(flops) else 6 * n_params
+        self.peak_flops = peak_flops(self.device)
+
+        # Progress, all of it saved in checkpoints.
+        self.epoch = 0  # the epoch in progress (0-based)
+        self.batch_in_epoch = 0  # micro-batches of `epoch` already consumed
+        self.global_step = 0  # optimizer steps taken
+        self.history: list[dict[str, float]] = []
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.epochs_without_improvement = 0
+        self.should_stop = False  # set by early stopping or by a callback
+        self._interrupted = False
+        self._early_stopped = False
+        self.samples: list[str] = []
+        self._epoch_acc = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        self._elapsed_before = 0.0  # training seconds from earlier processes of this run
+
+        self.checkpoints: CheckpointManager | None = None
+        if workspace is not None:
+            self.checkpoints = CheckpointManager(
+                workspace.run_dir(config.run_name), keep=config.keep_checkpoints,
+                staging=workspace.staging,
+            )
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(self) -> TrainingResult:
+        cfg = self.config
+        started = time.monotonic()
+        resumed = self._maybe_resume()
+        if not resumed:
+            seed_everything(cfg.seed)
+        self._say(
+            f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
+            f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
+            f"({cfg.tokens_per_step:,} tokens/step), warmup {self.warmup_steps} steps"
+        )
+        if self.epoch >= cfg.epochs:
+            self._say(
+                f"Run '{cfg.run_name}' already finished {self.epoch} epochs; nothing to train. "
+                "Raise `epochs` to continue it, or choose a new run_name."
+            )
+            return self._result("already_finished", started)
+
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        status = "completed"
+        last_save = time.monotonic()
+        with self._interrupt_guard():
+            while self.epoch < cfg.epochs:
+                last_save = self._train_epoch(last_save)
+                self._end_epoch()
+                if self.should_stop:
+                    status = "early_stopped" if self._early_stopped else "stopped"
+                    break
+        self._save("final")
+        result = self._result(status, started)
+        for callback in self.callbacks:
+            callback.on_train_end(self, result)
+        self._say(str(result))
+        return result
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-weighted mean loss over the validation set (or its first ``eval_max_batches``)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = torch.zeros((), device=self.device, dtype=torch.int64)
+        limit = self.config.eval_max_batches or None
+        for index, (inputs, targets) in enumerate(self.val_loader):
+            if limit is not None and index >= limit:
+                break
+            batch_loss, batch_tokens = self._loss(inputs, targets)
+            loss_sum += batch_loss.double()
+            tokens += batch_tokens
+        self.model.train()
+        count = int(tokens.item())
+        loss = loss_sum.item() / count if count else math.nan
+        return {M.VAL_LOSS: loss, M.VAL_PERPLEXITY: M.perplexity(loss)}
+
+    def generate(self, prompt_ids: Sequence[int] | torch.Tensor, max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int | None = None) -> list[int]:
+        """Sample a continuation. Uses its own generator: sampling never disturbs the RNG stream
+        that training depends on, so samples do not break exact resume."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.config.seed if seed is None else seed)
+        idx = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self.device)[None]
+        self.raw_model.eval()
+        with self._autocast():
+            out = generate(self.raw_model, idx, max_new_tokens, temperature=temperature,
+                           top_k=top_k, generator=generator)
+        self.raw_model.train()
+        return out[0].tolist()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _train_epoch(self, last_save: float) -> float:
+        cfg = self.config
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        steps_done = self.batch_in_epoch // cfg.grad_accum_steps
+        bar = tqdm(
+            total=self.steps_per_epoch, initial=steps_done, disable=not self.progress,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True,
+            leave=False,
+        )
+        self.model.train()
+        tick = time.perf_counter()
+        for group in self._groups(iter(self.train_loader)):
+            step_metrics = self._optimizer_step(group)
+            now = time.perf_counter()
+            self._epoch_acc["seconds"] += now - tick
+            tick = now
+            for callback in self.callbacks:
+                callback.on_step_end(self, step_metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_metrics[M.BATCH_LOSS]:.4f}",
+                            lr=f"{step_metrics[M.LEARNING_RATE]:.2e}", refresh=False)
+            if self._interrupted:
+                bar.close()
+                path = self._save("interrupt")
+                saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
+                raise KeyboardInterrupt(
+                    f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
+                    f"({saved}). Run it again to resume from here."
+                )
+            minutes = cfg.checkpoint_every_minutes
+            if self.checkpoints and time.monotonic() - last_save >= minutes * 60:
+                self._save("time")
+                last_save = time.monotonic()
+                tick = time.perf_counter()  # saving is not training time
+        bar.close()
+        return last_save
+
+    def _groups(self, batches: Iterator) -> Iterator[list]:
+        """Micro-batches in groups of ``grad_accum_steps``; the epoch's last group may be short."""
+        group: list = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.config.grad_accum_steps:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _optimizer_step(self, group: list) -> dict[str, float]:
+        cfg = self.config
+        # Weight every token equally across the group: dividing each micro-batch's *sum* by the
+        # group's token count gives exactly the gradient of one big batch, even when micro-batches
+        # hold different numbers of tokens (a per-micro-batch mean would not).
+        group_tokens = sum(int((t != IGNORE_INDEX).sum()) for _, t in group)
+        loss_total = torch.zeros((), device=self.device)
+        for inputs, targets in group:
+            loss_sum, _ = self._loss(inputs, targets)
+            loss = loss_sum / group_tokens
+            self.scaler.scale(loss).backward()
+            loss_total += loss.detach()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        # One host-device sync per optimizer step, for the loss guard and the progress bar.
+        loss_value, norm_value = torch.stack([loss_total.float(), grad_norm.float()]).tolist()
+
+        lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, cfg.learning_rate,
+                   cfg.min_lr_ratio)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        if not math.isfinite(loss_value):
+            if self.precision.use_grad_scaler:
+                # Non-finite gradients: the scaler skips this update and lowers its scale.
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"The loss became {loss_value} at epoch {self.epoch + 1}, step {self.global_step} "
+                f"(precision {self.precision.name}, learning_rate {cfg.learning_rate:g}). The "
+                "weights were not updated with it, and the last checkpoint is intact. Lower "
+                "learning_rate (e.g. by 3x), raise warmup_ratio, keep max_grad_norm at 1.0, or "
+                "try precision='fp32' to rule out overflow; then run again (it resumes)."
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        self.global_step += 1
+        self.batch_in_epoch += len(group)
+        self._epoch_acc["loss_sum"] += loss_value * group_tokens
+        self._epoch_acc["tokens"] += group_tokens
+        self._epoch_acc["grad_norm"] = norm_value
+        return {
+            M.STEP: self.global_step, M.EPOCH: self.epoch + 1, M.BATCH_LOSS: loss_value,
+            M.LEARNING_RATE: lr, M.GRAD_NORM: norm_value, M.TOKENS: group_tokens,
+        }
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy and the number of target tokens it covers."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = self.model(inputs)
+        # Softmax in fp32: bf16's 8-bit mantissa makes a large-vocab log-softmax noticeably lossy.
+        loss_sum = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        return loss_sum, (targets != IGNORE_INDEX).sum()
+
+    def _autocast(self):
+        dtype = self.precision.autocast_dtype
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @contextmanager
+    def _interrupt_guard(self) -> Iterator[None]:
+        """The first Ctrl-C (or Colab's "Interrupt execution") finishes the current step and saves
+        a checkpoint before stopping, so an interrupted run resumes exactly; a second one stops at
+        once. Signal handlers can only be set from the main thread; elsewhere Ctrl-C is left as is."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._interrupted:
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            self._interrupted = True
+            tqdm.write("Interrupt: finishing this step and saving a checkpoint "
+                       "(interrupt again to stop at once, without saving).")
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._interrupted = False
+
+    # ------------------------------------------------------------------ epoch end
+
+    def _end_epoch(self) -> None:
+        cfg = self.config
+        acc = self._epoch_acc
+        train_loss = acc["loss_sum"] / acc["tokens"] if acc["tokens"] else math.nan
+        seconds = acc["seconds"]
+        tokens_per_sec = acc["tokens"] / seconds if seconds > 0 else 0.0
+        metrics: dict[str, float] = {
+            M.EPOCH: self.epoch + 1,
+            M.STEP: self.global_step,
+            M.TRAIN_LOSS: train_loss,
+            M.TRAIN_PERPLEXITY: M.perplexity(train_loss),
+            **self.evaluate(),
+            M.LEARNING_RATE: self.optimizer.param_groups[0]["lr"],
+            M.GRAD_NORM: acc["grad_norm"],
+            M.EPOCH_DURATION: seconds,
+            M.TOKENS_PER_SEC: tokens_per_sec,
+        }
+        if self.peak_flops:
+            metrics[M.MFU] = self.flops_per_token * tokens_per_sec / self.peak_flops
+        self.history.append(metrics)
+        self._elapsed_before += seconds
+
+        improved = metrics[M.VAL_LOSS] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = metrics[M.VAL_LOSS], self.epoch + 1
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+            if 0 < cfg.early_stopping_patience <= self.epochs_without_improvement:
+                self._say(f"Early stopping: val loss has not improved for "
+                          f"{self.epochs_without_improvement} epochs (best {self.best_val_loss:.4f} "
+                          f"at epoch {self.best_epoch}).")
+                self.should_stop = self._early_stopped = True
+
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._epoch_acc = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, metrics)
+        self._say(self._epoch_line(metrics))
+        self._sample()
+
+        due = self.epoch % cfg.checkpoint_every_epochs == 0 or self.epoch == cfg.epochs
+        if self.checkpoints and (due or improved):
+            path = self._save("epoch")
+            if improved and path is not None:
+                self.checkpoints.save_best(path, self.global_step)
+
+    def _epoch_line(self, m: dict[str, float]) -> str:
+        mfu = f" | MFU {m[M.MFU]:.1%}" if M.MFU in m else ""
+        return (
+            f"epoch {int(m[M.EPOCH])}/{self.config.epochs} | train {m[M.TRAIN_LOSS]:.4f} | "
+            f"val {m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}) | lr {m[M.LEARNING_RATE]:.2e} | "
+            f"{m[M.TOKENS_PER_SEC]:,.0f} tok/s{mfu} | {m[M.EPOCH_DURATION]:.1f}s"
+        )
+
+    def _sample(self) -> None:
+        cfg, tok = self.config, self.tokenizer
+        if tok is None or cfg.sample_tokens <= 0:
+            return
+        prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
+        if not prompt:
+            eos = getattr(tok, "eos_id", None)
+            prompt = [eos if isinstance(eos, int) and eos >= 0 else 0]
+        ids = self.generate(prompt, cfg.sample_tokens, seed=cfg.seed + self.epoch)
+        text = tok.decode(ids)
+        self.samples.append(text)
+        self._say(f"sample after epoch {self.epoch}: {text!r}")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = getattr(self.train_loader, "sampler", None)
+        return {
+            "config": self.config.to_dict(),
+            "model": strip_compile_prefix(self.raw_model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "progress": {
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "global_step": self.global_step, "best_val_loss": self.best_val_loss,
+                "best_epoch": self.best_epoch,
+                "epochs_without_improvement": self.epochs_without_improvement,
+                "epoch_acc": dict(self._epoch_acc), "elapsed": self._elapsed_before,
+            },
+            "history": [dict(row) for row in self.history],
+            "samples": list(self.samples),
+            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
+            "callbacks": {f"{i}:{type(c).__name__}": c.state_dict() for i, c in enumerate(self.callbacks)},
+            "tokenizer": self.tokenizer.to_dict() if hasattr(self.tokenizer, "to_dict") else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.epoch = progress["epoch"]
+        self.batch_in_epoch = progress["batch_in_epoch"]
+        self.global_step = progress["global_step"]
+        self.best_val_loss = progress["best_val_loss"]
+        self.best_epoch = progress["best_epoch"]
+        self.epochs_without_improvement = progress["epochs_without_improvement"]
+        self._epoch_acc = dict(progress["epoch_acc"])
+        self._elapsed_before = progress["elapsed"]
+        self.history = [dict(row) for row in state["history"]]
+        self.samples = list(state.get("samples", []))
+        sampler = getattr(self.train_loader, "sampler", None)
+        if state.get("sampler") and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(state["sampler"])
+        saved = state.get("callbacks", {})
+        for i, callback in enumerate(self.callbacks):
+            key = f"{i}:{type(callback).__name__}"
+            if key in saved:
+                callback.load_state_dict(saved[key])
+        restore_rng_state(state["rng"])
+
+    def _save(self, kind: str) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
+                                                     self.global_step)
+        return self.last_checkpoint
+
+    def _maybe_resume(self) -> bool:
+        cfg = self.config
+        if cfg.resume == "never":
+            return False
+        if cfg.resume == "auto":
+            if self.checkpoints is None:
+                return False
+            found = self.checkpoints.latest()
+            if found is None:
+                return False
+            path, state = found
+        else:
+            path, state = Path(cfg.resume), load_checkpoint(cfg.resume)
+        self._check_compatible(path, state)
+        self.load_state_dict(state)
+        self.last_checkpoint = path
+        where = f"epoch {self.epoch + 1}, step {self.global_step}"
+        if self.batch_in_epoch:
+            where += f" ({self.batch_in_epoch}/{self.micro_batches_per_epoch} batches into the epoch)"
+        self._say(f"Found a checkpoint for this run: resuming from {where} ({path.name}).")
+        return True
+
+    def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        current = self.config.to_dict()
+        diffs = [f"{k}: checkpoint {saved[k]!r}, config {current[k]!r}"
+                 for k in _SHAPE_FIELDS if k in saved and saved[k] != current.get(k)]
+        if diffs:
+            raise CheckpointError(
+                f"Checkpoint {path} was trained with a different model shape ("
+                + "; ".join(diffs) + "). Use the same settings to resume, or a new run_name / "
+                "resume='never' to start a new run."
+            )
+        if state["progress"]["batch_in_epoch"] > self.micro_batches_per_epoch:
+            raise CheckpointError(
+                f"Checkpoint {path} stopped {state['progress']['batch_in_epoch']} batches into an "
+                f"epoch, but an epoch now has {self.micro_batches_per_epoch}: the data or "
+                "batch_size changed. Resume with the same data and batch_size, or start a new run."
+            )
+
+    # ------------------------------------------------------------------ misc
+
+    def _result(self, status: str, started: float) -> TrainingResult:
+        return TrainingResult(
+            run_name=self.config.run_name, status=status, epochs_completed=self.epoch,
+            global_step=self.global_step,
+            best_val_loss=self.best_val_loss if self.history else math.nan,
+            best_epoch=self.best_epoch, history=[dict(r) for r in self.history],
+            precision=self.precision.name, elapsed=time.monotonic() - started,
+            checkpoint_dir=self.checkpoints.directory if self.checkpoints else None,
+            last_checkpoint=self.last_checkpoint, samples=list(self.samples),
+        )
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            tqdm.write(message)
