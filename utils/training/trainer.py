@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metric_names as M
+from .callbacks import Callback
 from .checkpoints import (
     CheckpointError,
     CheckpointManager,
@@ -54,28 +55,6 @@ _SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the weights were not updated with it."""
-
-
-class Callback:
-    """Hooks into the loop. Override what you need; every method is optional.
-
-    ``state_dict``/``load_state_dict`` let a callback's own history ride along in checkpoints, so
-    a resumed run's tracker carries on where it stopped. Set ``trainer.should_stop = True`` to end
-    training after the current epoch (e.g. a search pruning a trial).
-    """
-
-    def on_train_start(self, trainer: Trainer) -> None: ...
-
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
-    def on_train_end(self, trainer: Trainer, result: TrainingResult) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
