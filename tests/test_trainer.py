@@ -13,7 +13,7 @@ import torch
 
 from utils.training import metric_names as M
 from utils.training.checkpoints import CheckpointError, CheckpointManager, load_checkpoint
-from utils.training.hardware import choose_precision
+from utils.training.hardware import choose_precision, peak_flops
 from utils.training.pipeline import prepare
 from utils.training.trainer import (
     IGNORE_INDEX,
@@ -307,3 +307,39 @@ def test_step_metrics_reach_callbacks(tiny_config):
     assert {M.STEP, M.BATCH_LOSS, M.LEARNING_RATE, M.GRAD_NORM, M.TOKENS} <= set(seen[0])
     assert result.history[0][M.TOKENS_PER_SEC] > 0
 
+
+
+def test_peak_flops_table_and_unknown():
+    cuda = torch.device("cuda")
+    assert peak_flops(cuda, name="NVIDIA H100 PCIe") == 756e12  # the longer key wins over "H100"
+    assert peak_flops(cuda, name="Tesla T4") == 65e12
+    assert peak_flops(cuda, name="NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops(cuda, name="Some Future GPU") is None  # "unknown", never a guess
+    assert peak_flops(torch.device("cpu")) is None
+
+
+def test_samples_are_printed_after_each_epoch(tiny_config, capsys):
+    from utils.training.data import ByteTokenizer
+
+    config = tiny_config(vocab_size=257, synthetic_tokens=3000, epochs=1, sample_tokens=12,
+                         sample_prompt="ab")
+    prepared = prepare(config)
+    trainer = prepared.trainer(progress=False)
+    trainer.tokenizer = ByteTokenizer()
+    rng_before = torch.get_rng_state()
+    trainer._sample()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # sampling leaves training's RNG alone
+    assert len(trainer.samples) == 1 and trainer.samples[0].startswith("ab")
+    assert "sample after epoch 0 (prompt 'ab')" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_checkpoints_without_prefix(tiny_config, workspace):
+    """torch.compile on CPU takes ~30 s here; it proves the compiled path and that checkpoints
+    load into an uncompiled model."""
+    trainer, result = fit(tiny_config(epochs=1, compile=True), workspace)
+    assert math.isfinite(result.final_val_loss)
+    state = load_checkpoint(result.last_checkpoint)
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])
+    prepared = prepare(tiny_config(epochs=1))
+    prepared.model.load_state_dict(state["model"])  # strict: every key matches

@@ -467,7 +467,8 @@ class Trainer:
         ids = self.generate(prompt, cfg.sample_tokens, seed=cfg.seed + self.epoch)
         text = tok.decode(ids)
         self.samples.append(text)
-        self._say(f"sample after epoch {self.epoch}: {text!r}")
+        shown = "\n".join("    | " + line for line in text.splitlines() or [""])
+        self._say(f"sample after epoch {self.epoch} (prompt {cfg.sample_prompt!r}):\n{shown}")
 
     # ------------------------------------------------------------------ checkpoints
 
