@@ -182,14 +182,15 @@ class Trainer:
                 staging=workspace.staging,
             )
         self.last_checkpoint: Path | None = None
+        self._resumed_from: Path | None = None
+        self._resume_checked = False
 
     # ------------------------------------------------------------------ public API
 
     def fit(self) -> TrainingResult:
         cfg = self.config
         started = time.monotonic()
-        resumed = self._maybe_resume()
-        if not resumed:
+        if self.resume() is None:
             seed_everything(cfg.seed)
         self._say(
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
@@ -495,7 +496,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.raw_model.load_state_dict(state["model"])
+        try:
+            self.raw_model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # size mismatch / missing keys: a different model or vocab
+            detail = "; ".join(str(exc).splitlines()[1:4]).strip()
+            raise CheckpointError(
+                f"The checkpoint's weights do not fit this model ({detail}). Was it trained with "
+                "another tokenizer (vocab size) or model? Use the same settings to resume, or a "
+                "new run_name / resume='never' to start over."
+            ) from exc
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
@@ -526,27 +535,32 @@ class Trainer:
                                                      self.global_step)
         return self.last_checkpoint
 
-    def _maybe_resume(self) -> bool:
+    def resume(self) -> Path | None:
+        """Load the checkpoint ``config.resume`` points at ("auto": this run's newest loadable
+        one). Idempotent, so the notebook can call it in its set-up cell to say where training
+        will continue, and ``fit`` calls it again for free. Returns the checkpoint used, if any."""
+        if self._resume_checked:
+            return self._resumed_from
+        self._resume_checked = True
         cfg = self.config
-        if cfg.resume == "never":
-            return False
+        if cfg.resume == "never" or (cfg.resume == "auto" and self.checkpoints is None):
+            return None
         if cfg.resume == "auto":
-            if self.checkpoints is None:
-                return False
             found = self.checkpoints.latest()
             if found is None:
-                return False
+                self._say(f"No checkpoint for run '{cfg.run_name}' yet: starting from scratch.")
+                return None
             path, state = found
         else:
             path, state = Path(cfg.resume), load_checkpoint(cfg.resume)
         self._check_compatible(path, state)
         self.load_state_dict(state)
-        self.last_checkpoint = path
+        self.last_checkpoint = self._resumed_from = path
         where = f"epoch {self.epoch + 1}, step {self.global_step}"
         if self.batch_in_epoch:
             where += f" ({self.batch_in_epoch}/{self.micro_batches_per_epoch} batches into the epoch)"
         self._say(f"Found a checkpoint for this run: resuming from {where} ({path.name}).")
-        return True
+        return path
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
