@@ -27,6 +27,9 @@ def config(**kw) -> SimpleNamespace:
     base = dict(
         data_source="synthetic",
         data_path="",
+        dataset_name="",
+        dataset_config="",
+        text_column="",
         vocab_size=32,
         synthetic_order=1,
         synthetic_tokens=20_000,
@@ -225,9 +228,10 @@ def test_local_token_data_puts_eos_between_documents(tmp_path):
 def test_local_single_document_splits_its_tail(tmp_path):
     (tmp_path / "one.txt").write_text("x" * 999)
     data = load_token_data(config(data_source="local", data_path=str(tmp_path), val_fraction=0.1))
-    assert data.train_ids.numel() == 900 and data.val_ids.numel() == 100
+    # 899 + 100 characters, each part ending in EOS.
+    assert data.train_ids.numel() == 900 and data.val_ids.numel() == 101
 
 
 def test_unknown_data_source_is_a_clear_error():
     with pytest.raises(DataError, match="synthetic"):
-        load_token_data(config(data_source="huggingface"))
+        load_token_data(config(data_source="ftp"))

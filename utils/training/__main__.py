@@ -1,4 +1,4 @@
-"""Command line: ``python -m utils.training train|demo ...``.
+"""Command line: ``python -m utils.training train|demo|search|runs|export|run-notebook ...``.
 
 The same library the notebook uses, without a notebook: for a terminal, a script or a job queue.
 """
@@ -12,10 +12,17 @@ from pathlib import Path
 
 from .checkpoints import CheckpointError
 from .data import DataError
-from .pipeline import train
-from .trainer import TrainingDivergedError
+from .experiment_db import ExperimentDB, ExperimentDBError
+from .export import ExportError, add_export_command, add_runs_command
+from .models import ModelLoadError
+from .notebook import parse_sets, run_notebook
+from .search import SearchError, SearchSpaceError, add_search_command
+from .session import TrainingSession
+from .trainer import TrainingDivergedError, TrainingResult
 from .training_config import ConfigError, TrainingConfig
 from .workspace import Workspace
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "training.ipynb"
 
 
 def demo_config() -> TrainingConfig:
@@ -50,10 +57,21 @@ def _build_config(args: argparse.Namespace) -> TrainingConfig:
     return config.validate()
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    config = _build_config(args)
+def _run(config: TrainingConfig, args: argparse.Namespace) -> tuple[TrainingResult, Workspace]:
+    """Train with the experiment DB and the dashboard, exactly as the notebook does."""
     workspace = Workspace.setup(args.workspace)
-    result = train(config, workspace, progress=not args.no_progress)
+    with ExperimentDB.open_for_workspace(workspace) as db:
+        session = TrainingSession.create(config.validate(), workspace, db=db,
+                                         trust=getattr(args, "trust", False),
+                                         progress=not args.no_progress)
+        result = session.fit()
+        if result.history:
+            session.save_dashboard(show=False)
+    return result, workspace
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    result, _ = _run(_build_config(args), args)
     print(f"Checkpoints: {result.checkpoint_dir}")
     return 0
 
@@ -62,14 +80,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = demo_config()
     if args.set:
         config = config.apply_overrides(args.set)
-    workspace = Workspace.setup(args.workspace)
-    result = train(config.validate(), workspace, progress=not args.no_progress)
+    result, workspace = _run(config, args)
     print(
         f"\nDemo finished. Everything it wrote is under {workspace.root}:\n"
         f"  config:      {workspace.configs / (config.run_name + '.json')}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
+        f"  results:     {workspace.results} (dashboard PNG, metrics CSV, live plot)\n"
         "Run it again and it reports the finished run; add --set epochs=5 to continue it."
     )
+    return 0
+
+
+def _cmd_run_notebook(args: argparse.Namespace) -> int:
+    run_notebook(args.notebook, parse_sets(args.set), output=args.output, timeout=args.timeout)
     return 0
 
 
@@ -89,9 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     common(p_train)
     p_train.set_defaults(func=_cmd_train)
 
+    p_train.add_argument("--trust", action="store_true",
+                         help="allow running a Transformer Builder Gist's model.py")
+
     p_demo = sub.add_parser("demo", help="a short run on built-in defaults, no network needed")
     common(p_demo)
     p_demo.set_defaults(func=_cmd_demo)
+
+    add_search_command(sub)
+    add_runs_command(sub)
+    add_export_command(sub)
+
+    p_nb = sub.add_parser("run-notebook", help="execute training.ipynb with a Jupyter kernel, "
+                          "filling in its @param form fields first")
+    p_nb.add_argument("--set", action="append", metavar="NAME=VALUE",
+                      help="a form field's value (repeatable), e.g. --set data_source=synthetic")
+    p_nb.add_argument("--output", metavar="PATH", help="where to save the executed notebook")
+    p_nb.add_argument("--notebook", default=str(NOTEBOOK), help="the notebook to run")
+    p_nb.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p_nb.set_defaults(func=_cmd_run_notebook)
     return parser
 
 
@@ -99,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, TrainingDivergedError) as exc:
+    except (ConfigError, DataError, CheckpointError, TrainingDivergedError, ModelLoadError,
+            ExperimentDBError, SearchError, SearchSpaceError, ExportError) as exc:
         # Errors a person caused or can fix: the message says what to do; a traceback would bury it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,28 @@ EPOCH_COLUMNS = (
     TOKENS_PER_SEC,
 )
 
+# System readings, once per epoch (``MetricsTracker.log_epoch``). The gpu/ columns exist only when
+# a GPU does: a CPU run's summary has no gpu/ column at all rather than a column of zeros.
+GPU_UTILIZATION = "gpu/utilization"  # percent of time a kernel ran, averaged over the epoch
+GPU_MEMORY_USED_GB = "gpu/memory_used_gb"  # whole device, every process (GiB), as nvidia-smi shows
+GPU_MEMORY_TOTAL_GB = "gpu/memory_total_gb"
+GPU_MAX_MEMORY_ALLOCATED_GB = "gpu/max_memory_allocated_gb"  # this process's tensors, epoch peak
+GPU_TEMPERATURE_C = "gpu/temperature_c"
+GPU_POWER_W = "gpu/power_w"  # averaged over the epoch
+CPU_RSS_GB = "cpu/rss_gb"  # resident memory of this process (GiB): what Colab's RAM limit counts
+
+GPU_COLUMNS = (
+    GPU_UTILIZATION,
+    GPU_MEMORY_USED_GB,
+    GPU_MEMORY_TOTAL_GB,
+    GPU_MAX_MEMORY_ALLOCATED_GB,
+    GPU_TEMPERATURE_C,
+    GPU_POWER_W,
+)
+
+# One row of ``MetricsTracker.batch_history()``.
+BATCH_COLUMNS = (STEP, EPOCH, BATCH_LOSS, LEARNING_RATE, GRAD_NORM, TOKENS)
+
 # exp(loss) overflows a float64 at loss ~709; long before that a perplexity is meaningless.
 MAX_LOG_PERPLEXITY = 50.0
 

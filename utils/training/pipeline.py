@@ -1,7 +1,8 @@
-"""Config -> data -> model -> Trainer: the one path that the CLI, the notebook and the search share.
+"""Config -> tokens -> loaders -> model: the part of a run that every entry point shares.
 
-Keeping it in one place means a fix to the order of operations (seed before the model is built,
-vocab from the tokenizer, config saved before training) reaches every entry point at once.
+The trainer tests, ``TrainingSession`` (notebook, CLI) and every search trial build through
+``prepare``, so the order of operations lives in one place: validate and save the config, load
+(cached) tokens, seed, then build the model with the tokenizer's vocabulary.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .callbacks import Callback
 from .checkpoints import seed_everything
 from .data import TokenData, load_token_data, make_dataloaders
-from .models import build_model
-from .trainer import Callback, Trainer, TrainingResult
+from .models import model_from_config
+from .trainer import Trainer
 from .training_config import TrainingConfig
 from .workspace import Workspace
 
 
 @dataclass
 class Prepared:
-    """Everything the trainer needs, built but not yet run (the notebook shows it between cells)."""
+    """Everything the trainer needs, built but not yet run."""
 
     config: TrainingConfig
     workspace: Workspace | None
@@ -41,7 +43,7 @@ class Prepared:
         n_params = sum(p.numel() for p in self.model.parameters())
         lines = [
             f"Data: {self.data.source}: {len(self.data.train_ids):,} train / "
-            f"{len(self.data.val_ids):,} val tokens, vocab {self.data.tokenizer.vocab_size}",
+            f"{len(self.data.val_ids):,} validation tokens, vocab {self.data.tokenizer.vocab_size:,}",
             f"Model: {type(self.model).__name__}, {n_params / 1e6:.2f}M parameters",
         ]
         if self.data.known_entropy is not None:
@@ -49,29 +51,32 @@ class Prepared:
         return "\n".join(lines)
 
 
-def prepare(config: TrainingConfig, workspace: Workspace | None = None) -> Prepared:
-    """Validate the config, save it to the workspace, load data, build loaders and the model."""
+def prepare(
+    config: TrainingConfig,
+    workspace: Workspace | None = None,
+    *,
+    trust: bool = False,
+    data: TokenData | None = None,
+) -> Prepared:
+    """Validate and save the config, load tokens (or reuse ``data``), build loaders and model.
+
+    ``trust`` allows running a Gist's ``model.py``; it is an argument, never a config field, so
+    a shared config file cannot switch it on."""
     config.validate()
     if workspace is not None:
         config.save(workspace.configs)
-    data = load_token_data(config)
+    if data is None:
+        data = load_token_data(config, workspace)
     train_loader, val_loader = make_dataloaders(
         data.train_ids, data.val_ids, config.block_size, config.batch_size, config.seed,
         pin_memory=torch.cuda.is_available(),
     )
     # Seed right before building so the initial weights depend on the seed alone, not on how
-    # much randomness data loading happened to use.
+    # much randomness loading the data happened to use.
     seed_everything(config.seed)
-    model = build_model(config, vocab_size=data.tokenizer.vocab_size)
+    cache_dir = workspace.root / "models" if workspace is not None else None
+    model = model_from_config(config, data.tokenizer.vocab_size, trust=trust, cache_dir=cache_dir)
+    if workspace is not None:
+        # Next to the checkpoints: the run's ids mean nothing without the tokenizer that made them.
+        data.tokenizer.save(workspace.run_dir(config.run_name) / "tokenizer.json")
     return Prepared(config, workspace, data, model, train_loader, val_loader)
-
-
-def train(
-    config: TrainingConfig,
-    workspace: Workspace | None = None,
-    callbacks: Sequence[Callback] = (),
-    **trainer_kwargs: Any,
-) -> TrainingResult:
-    prepared = prepare(config, workspace)
-    print(prepared.describe())
-    return prepared.trainer(callbacks, **trainer_kwargs).fit()

@@ -254,6 +254,21 @@ class Trainer:
         self.raw_model.train()
         return out[0].tolist()
 
+    def time_steps(self, n_steps: int = 5) -> float:
+        """Seconds per optimizer step, measured over ``n_steps`` real steps after one warm-up
+        step (which pays for compilation and allocator growth). It trains this trainer's model:
+        use it on a throwaway one, as ``estimate_training_time`` does."""
+        groups = self._groups(iter(self.train_loader))
+        self.model.train()
+        self._optimizer_step(next(groups))
+        started, done = time.perf_counter(), 0
+        for group in groups:
+            if done == n_steps:
+                break
+            self._optimizer_step(group)  # ends in a host sync, so the clock is honest
+            done += 1
+        return (time.perf_counter() - started) / max(done, 1)
+
     # ------------------------------------------------------------------ the loop
 
     def _train_epoch(self, last_save: float) -> float:

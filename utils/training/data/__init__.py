@@ -1,5 +1,6 @@
-"""Data: sources -> token ids -> LM blocks -> resumable DataLoaders."""
+"""Data: sources -> text -> tokenizer -> cached token ids -> LM blocks -> resumable DataLoaders."""
 
+from .cache import cache_key, read_cache
 from .errors import DataError
 from .loaders import (
     BlockDataset,
@@ -9,24 +10,44 @@ from .loaders import (
     make_dataloaders,
     pack_blocks,
 )
-from .synthetic import MarkovChain, synthetic_token_data
-from .text import local_token_data, read_local_texts
-from .tokenizer import ByteTokenizer, IdentityTokenizer, Tokenizer, load_tokenizer
+from .sources import Source, hub_reachable, is_token_cache, load_text_data, resolve_source
+from .synthetic import MarkovChain, synthetic_text_data
+from .text import read_local_texts
+from .tokenizer import (
+    ByteTokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    IdentityTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    tokenizer_from_dict,
+)
 
 __all__ = [
     "BlockDataset",
     "ByteTokenizer",
+    "CharTokenizer",
     "DataError",
+    "HFTokenizer",
     "IdentityTokenizer",
     "MarkovChain",
     "ResumableBatchSampler",
+    "Source",
     "TokenData",
     "Tokenizer",
+    "build_tokenizer",
+    "cache_key",
+    "hub_reachable",
+    "is_token_cache",
+    "load_text_data",
     "load_token_data",
     "load_tokenizer",
-    "local_token_data",
     "make_dataloaders",
     "pack_blocks",
+    "read_cache",
     "read_local_texts",
-    "synthetic_token_data",
+    "resolve_source",
+    "synthetic_text_data",
+    "tokenizer_from_dict",
 ]

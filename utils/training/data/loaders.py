@@ -11,13 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .cache import CachedTokens, cache_key, encode_split, key_fields, read_cache, write_cache
 from .errors import DataError
+from .sources import is_token_cache, read_source, resolve_source
+from .synthetic import synthetic_chain
+from .tokenizer import IdentityTokenizer, build_tokenizer
 
 
 @dataclass
@@ -29,6 +34,8 @@ class TokenData:
     tokenizer: Any  # a tokenizer.Tokenizer
     known_entropy: float | None = None  # nats/token a perfect model reaches (synthetic only)
     source: str = ""
+    cache_path: Path | None = None  # the token cache folder used or written, if any
+    from_cache: bool = False  # True when no tokenization ran
 
 
 def pack_blocks(ids: torch.Tensor, block_size: int, *, name: str = "token stream") -> torch.Tensor:
@@ -226,19 +233,61 @@ def make_dataloaders(
     return loader(train_blocks, train_sampler), loader(val_blocks, val_sampler)
 
 
-def load_token_data(config: Any) -> TokenData:
-    """Dispatch on config.data_source to the source that turns it into token ids."""
-    source = str(config.data_source)
-    # Imported here, not at the top: synthetic/text import TokenData from this module.
-    if source == "synthetic":
-        from .synthetic import synthetic_token_data
+def load_token_data(config: Any, workspace: Any = None) -> TokenData:
+    """Text from config.data_source -> tokenizer -> one flat id stream per split.
 
-        return synthetic_token_data(config)
-    if source == "local":
-        from .text import local_token_data
+    With a workspace the streams are cached under workspace.datasets (see cache.py), and a
+    second call with the same data settings loads them instead of tokenizing again. Without
+    one nothing is written.
+    """
+    source = resolve_source(config, workspace)
+    if source.kind == "cache":
+        return _from_cache(read_cache(source.files[0]))
+    key = cache_key(config, source)
+    if workspace is not None and is_token_cache(workspace.datasets / key):
+        return _from_cache(read_cache(workspace.datasets / key))
 
-        return local_token_data(config)
-    raise DataError(
-        f"data_source={source!r} is not available yet: it arrives with the data-sources issue. "
-        "Use data_source='synthetic' (no files needed) or 'local' (your own text files) for now."
+    texts = read_source(source, config)
+    known_entropy = None
+    if source.kind == "synthetic":
+        tokenizer: Any = IdentityTokenizer(int(config.vocab_size))
+        known_entropy = synthetic_chain(config).entropy_rate()
+    else:
+        train_text = texts["train"]
+        batches = (b["text"] for b in train_text.iter(batch_size=1000))
+        tokenizer = build_tokenizer(config, batches)
+    train = encode_split(texts["train"], tokenizer, "Tokenizing train")
+    val = encode_split(texts["validation"], tokenizer, "Tokenizing validation")
+    total = f"tokenized {train.size + val.size:,} tokens"
+    folder = None
+    if workspace is None:
+        print(f"{total} (not cached: no workspace)")
+    else:
+        meta = {"source": source.describe(), "fields": key_fields(config, source),
+                "tokenizer": repr(tokenizer), "known_entropy": known_entropy}
+        folder = write_cache(workspace.datasets, key, train, val, tokenizer, meta)
+        print(f"{total}, cached at {folder}")
+    return TokenData(
+        train_ids=torch.from_numpy(train.astype(np.int64)),
+        val_ids=torch.from_numpy(val.astype(np.int64)),
+        tokenizer=tokenizer,
+        known_entropy=known_entropy,
+        source=source.describe(),
+        cache_path=folder,
+        from_cache=False,
+    )
+
+
+def _from_cache(cached: CachedTokens) -> TokenData:
+    meta = cached.meta
+    print(f"loaded cached tokens from {cached.path} ({cached.train.size:,} train / "
+          f"{cached.val.size:,} val tokens)")
+    return TokenData(
+        train_ids=torch.from_numpy(cached.train.astype(np.int64)),
+        val_ids=torch.from_numpy(cached.val.astype(np.int64)),
+        tokenizer=cached.tokenizer,
+        known_entropy=meta.get("known_entropy"),
+        source=str(meta.get("source", cached.path)),
+        cache_path=cached.path,
+        from_cache=True,
     )

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import torch
+from datasets import Dataset, DatasetDict
 
 from .errors import DataError
-from .loaders import TokenData
-from .tokenizer import IdentityTokenizer
 
 # Contexts are vocab_size**order; beyond this the tables and the stationary solve get slow and
 # memory hungry (order 2 with vocab 64 is 4,096 contexts; order 3 fits only for vocab <= 101).
@@ -205,24 +204,41 @@ class MarkovChain:
         return np.log(p)
 
 
-def synthetic_token_data(config: Any) -> TokenData:
-    """Train/val streams from one chain, seeded by config.seed.
+# The streams are offered as text rows of this many space-separated ids, so synthetic data has
+# the same DatasetDict shape as every other source (and max_samples counts these rows).
+ROW_TOKENS = 1024
 
-    The chain itself also comes from config.seed, so a different seed is a different (equally
-    hard) task. Train and val are independent samples of the same chain, not two halves of one
-    stream, so they share no tokens.
+
+@lru_cache(maxsize=4)
+def _chain(vocab_size: int, order: int, seed: int) -> MarkovChain:
+    # Cached: the text source and the known-entropy lookup both need the same chain, and its
+    # stationary distribution is the one slow part.
+    return MarkovChain(vocab_size, order=order, seed=seed)
+
+
+def synthetic_chain(config: Any) -> MarkovChain:
+    """The chain config describes; it comes from config.seed, so a new seed is a new task."""
+    return _chain(int(config.vocab_size), int(config.synthetic_order), int(config.seed))
+
+
+def synthetic_text_data(config: Any) -> DatasetDict:
+    """Train/validation token streams from one chain, as rows of space-separated ids.
+
+    Train and val are independent samples of the same chain, not two halves of one stream, so
+    they share no tokens. IdentityTokenizer turns the rows back into the same ids, and since it
+    has no EOS the concatenated rows are exactly the sampled streams.
     """
-    vocab = int(config.vocab_size)
-    chain = MarkovChain(vocab, order=int(config.synthetic_order), seed=int(config.seed))
+    chain = synthetic_chain(config)
     total = int(config.synthetic_tokens)
     n_val = int(round(total * float(config.val_fraction)))
     train_seed, val_seed = np.random.SeedSequence(int(config.seed)).generate_state(2).tolist()
-    train = chain.sample(total - n_val, seed=train_seed)
-    val = chain.sample(n_val, seed=val_seed)
-    return TokenData(
-        train_ids=torch.from_numpy(train),
-        val_ids=torch.from_numpy(val),
-        tokenizer=IdentityTokenizer(vocab),
-        known_entropy=chain.entropy_rate(),
-        source=f"synthetic order-{chain.order} Markov chain over {vocab} tokens",
+
+    def rows(ids: np.ndarray) -> Dataset:
+        text = [" ".join(map(str, ids[i : i + ROW_TOKENS].tolist()))
+                for i in range(0, len(ids), ROW_TOKENS)]
+        return Dataset.from_dict({"text": text})
+
+    return DatasetDict(
+        train=rows(chain.sample(total - n_val, seed=train_seed)),
+        validation=rows(chain.sample(n_val, seed=val_seed)),
     )

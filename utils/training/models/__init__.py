@@ -1,5 +1,20 @@
-"""Models: the built-in GPT (exported Transformer Builder models join here later)."""
+"""Models: the built-in GPT and Transformer Builder exports (a Gist or a folder)."""
 
+from .export_source import GITHUB_API, GistUnavailableError, ModelLoadError, parse_source
+from .exported import ConfigNamespace, ExportedModel, load_exported_model, model_from_config
 from .gpt import GPT, GPTConfig, build_model, generate
 
-__all__ = ["GPT", "GPTConfig", "build_model", "generate"]
+__all__ = [
+    "GITHUB_API",
+    "GPT",
+    "ConfigNamespace",
+    "ExportedModel",
+    "GPTConfig",
+    "GistUnavailableError",
+    "ModelLoadError",
+    "build_model",
+    "generate",
+    "load_exported_model",
+    "model_from_config",
+    "parse_source",
+]

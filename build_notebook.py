@@ -1,0 +1,331 @@
+"""Write training.ipynb from the cells below: the notebook is generated, never edited by hand.
+
+    python build_notebook.py           # write training.ipynb
+    python build_notebook.py --check   # exit 1 when training.ipynb differs (CI runs this)
+
+Cells are data: sections of markdown and code. Every code cell is a Colab form (`# @title` first
+line + `cellView: form` metadata); every user choice is an `@param` line. Cells call the library;
+no loop, SQL or plotting code lives here. Output is deterministic: stable ids, no outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOK = Path(__file__).with_name("training.ipynb")
+REPO_URL = "https://github.com/transformer-training/transformer-training"
+REPO_REF = "main"
+
+
+def md(text: str) -> dict:
+    return {"kind": "markdown", "source": text.strip("\n")}
+
+
+def code(title: str, body: str) -> dict:
+    source = f'# @title {title} {{ display-mode: "form" }}\n' + body.strip("\n")
+    return {"kind": "code", "source": source}
+
+
+def header(number: int, title: str, text: str) -> dict:
+    return md(f'<a id="section-{number}"></a>\n## {number}. {title}\n\n{text.strip()}')
+
+
+SECTIONS: list[tuple[str, list[dict]]] = [
+    ("Quick start", [
+        md("""
+# Train a transformer in Colab
+
+Fill in the forms, then **Runtime > Run all**. You get a trained model, checkpoints on Google
+Drive that survive a disconnect (run all again and it resumes exactly where it stopped), a live
+loss plot, a 6-panel dashboard, a SQLite history of every run (and Weights & Biases if you want
+it) and, optionally, an Optuna hyperparameter search.
+
+- **Data** from Hugging Face datasets, files on your Drive, an upload, a cached earlier run, or
+  synthetic data with a known best-possible loss.
+- **Model**: the built-in GPT, or your own from Transformer Builder (a Gist or a folder).
+- **Fast loop**: bf16 or fp16 chosen from the GPU, gradient accumulation and clipping, warmup +
+  cosine, `torch.compile` if you want it.
+"""),
+        md("""
+### Contents
+1. [Setup and Drive workspace](#section-1)
+2. [Data loading](#section-2)
+3. [Training configuration](#section-3)
+4. [W&B tracking](#section-4)
+5. [Training](#section-5)
+6. [Analysis](#section-6)
+7. [Export and results](#section-7)
+8. [Advanced: hyperparameter search](#section-8)
+"""),
+        md("""
+### Requirements and GPU notes
+- **Runtime > Change runtime type > GPU.** A T4 trains in fp16 with a gradient scaler; L4, A100
+  and H100 use bf16. Without a GPU everything still runs on the CPU, slowly (pick *fast* mode).
+- Google Drive keeps checkpoints, the experiment database and results in
+  `MyDrive/TransformerTraining/`. If Drive can't be mounted the notebook says so and uses a local
+  folder, which a disconnect wipes.
+- Nothing here reinstalls Colab's own `torch` or `numpy`.
+"""),
+    ]),
+    ("Setup", [
+        header(1, "Setup and Drive workspace", "Install what Colab lacks, mount Drive, open the "
+               "experiment history."),
+        code("1.1 Install the training library", f"""
+# @markdown Pin `repo_ref` to a release tag or commit so the notebook and the library always match.
+repo_url = "{REPO_URL}"  # @param {{type:"string"}}
+repo_ref = "{REPO_REF}"  # @param {{type:"string"}}
+from importlib.util import find_spec
+if find_spec("utils.training") is None:  # already importable when run from the repository
+    !git clone --quiet --depth 1 --branch {{repo_ref}} {{repo_url}} /content/transformer-training
+    !pip install --quiet -r /content/transformer-training/requirements-training.txt
+    import sys
+    sys.path.insert(0, "/content/transformer-training")
+from utils.training import (
+    DataChoice, ExperimentDB, TrainingConfig, TrainingSession, Workspace, apply_mode,
+    estimate_training_time, export_run, export_summary, run_search, show_recent_runs,
+    show_run_comparison, show_search_results,
+)
+print("Library ready.")
+"""),
+        code("1.2 Mount Drive and create the workspace", """
+use_drive = True  # @param {type:"boolean"}
+workspace = Workspace.setup(mount_drive=use_drive)
+"""),
+        code("1.3 Experiment history", """
+db = ExperimentDB.open_for_workspace(workspace)
+show_recent_runs(db)
+"""),
+    ]),
+    ("Data", [
+        header(2, "Data loading", "Choose a source in the first cell; each cell below does its "
+               "work only for the source you chose, so *Run all* always works."),
+        code("2.1 Hugging Face dataset (and the data source choice)", """
+data_source = "synthetic"  # @param ["huggingface", "drive", "upload", "local", "synthetic"]
+dataset_name = "wikitext"  # @param {type:"string"}
+dataset_config = "wikitext-2-raw-v1"  # @param {type:"string"}
+text_column = ""  # @param {type:"string"}
+max_samples = 0  # @param {type:"integer"}
+# @markdown `max_samples` caps the documents per split for quick runs (0 = all).
+data = DataChoice(data_source, max_samples=max_samples)
+data.use("huggingface", dataset_name=dataset_name, dataset_config=dataset_config,
+         text_column=text_column, workspace=workspace)
+"""),
+        code("2.2 Files on Google Drive", """
+drive_path = "datasets/*.txt"  # @param {type:"string"}
+# @markdown A file, folder or glob, relative to the workspace or absolute (`/content/drive/MyDrive/...`).
+data.use("drive", data_path=drive_path, workspace=workspace)
+"""),
+        code("2.3 Upload a file", """
+# @markdown Colab asks for the file once; it is kept in the workspace so a re-run does not ask again.
+upload_path = ""  # @param {type:"string"}
+data.use("upload", data_path=upload_path, workspace=workspace)
+"""),
+        code("2.4 Local file or cached tokens", """
+local_path = ""  # @param {type:"string"}
+# @markdown A text/csv/json/parquet file or folder, or a cached tokenized dataset under `datasets/`.
+data.use("local", data_path=local_path, workspace=workspace)
+"""),
+        code("2.5 Synthetic data with a known best loss", """
+synthetic_tokens = 200000  # @param {type:"integer"}
+synthetic_vocab = 64  # @param {type:"integer"}
+synthetic_order = 1  # @param [1, 2, 3]
+data.use("synthetic", synthetic_tokens=synthetic_tokens, vocab_size=synthetic_vocab,
+         synthetic_order=synthetic_order, workspace=workspace)
+"""),
+    ]),
+    ("Configuration", [
+        header(3, "Training configuration", "Hyperparameters, a time estimate measured on this "
+               "runtime, and the validated summary."),
+        code("3.1 Hyperparameters", """
+run_name = "gpt-run"  # @param {type:"string"}
+tokenizer = "byte"  # @param ["bpe", "char", "byte"] {allow-input: true}
+vocab_size = 8192  # @param {type:"integer"}
+# @markdown **Model** (built-in GPT; an exported model brings its own sizes)
+n_layers = 4  # @param {type:"integer"}
+n_heads = 4  # @param {type:"integer"}
+d_model = 256  # @param {type:"integer"}
+block_size = 256  # @param {type:"integer"}
+dropout = 0.0  # @param {type:"slider", min:0, max:0.5, step:0.05}
+# @markdown **Optimisation**
+learning_rate = 0.001  # @param {type:"number"}
+batch_size = 32  # @param {type:"integer"}
+grad_accum_steps = 1  # @param {type:"integer"}
+warmup_ratio = 0.05  # @param {type:"slider", min:0, max:0.5, step:0.01}
+weight_decay = 0.1  # @param {type:"number"}
+max_grad_norm = 1.0  # @param {type:"number"}
+precision = "auto"  # @param ["auto", "bf16", "fp16", "fp32"]
+compile_model = False  # @param {type:"boolean"}
+seed = 1337  # @param {type:"integer"}
+# @markdown **Checkpoints** (on Drive; a re-run resumes from the newest)
+checkpoint_every_epochs = 1  # @param {type:"integer"}
+checkpoint_every_minutes = 20.0  # @param {type:"number"}
+early_stopping_patience = 0  # @param {type:"integer"}
+config = TrainingConfig(
+    run_name=run_name, tokenizer=tokenizer, vocab_size=vocab_size, n_layers=n_layers,
+    n_heads=n_heads, d_model=d_model, block_size=block_size, dropout=dropout,
+    learning_rate=learning_rate, batch_size=batch_size, grad_accum_steps=grad_accum_steps,
+    warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+    precision=precision, compile=compile_model, seed=seed,
+    checkpoint_every_epochs=checkpoint_every_epochs,
+    checkpoint_every_minutes=checkpoint_every_minutes,
+    early_stopping_patience=early_stopping_patience,
+).replace(**data.settings)
+"""),
+        code("3.2 Training mode and time estimate", """
+mode = "fast"  # @param ["fast", "balanced", "quality"]
+# @markdown fast: up to 5 epochs; balanced: up to 15; quality: more. `epochs = 0` uses the mode's default.
+epochs = 0  # @param {type:"integer"}
+config = apply_mode(config, mode, epochs=epochs)
+estimate = estimate_training_time(config, workspace)
+"""),
+        code("3.3 Validated summary (saved to configs/)", """
+config = config.validate()
+config_path = config.save(workspace.configs)
+display(config)
+print(f"Saved to {config_path}")
+"""),
+    ]),
+    ("Tracking", [
+        header(4, "W&B tracking", "Optional. Without a key (or without network) W&B runs "
+               "offline and tells you how to sync later; the SQLite history is always kept."),
+        code("4.1 Weights & Biases", """
+use_wandb = False  # @param {type:"boolean"}
+wandb_project = "transformer-training"  # @param {type:"string"}
+wandb_entity = ""  # @param {type:"string"}
+wandb_tags = ""  # @param {type:"string"}
+wandb_notes = ""  # @param {type:"string"}
+# @markdown The API key comes from Colab's Secrets (`WANDB_API_KEY`) or a prompt; it is never saved.
+config = config.replace(use_wandb=use_wandb, wandb_project=wandb_project,
+                        wandb_entity=wandb_entity, wandb_tags=wandb_tags, wandb_notes=wandb_notes)
+"""),
+    ]),
+    ("Training", [
+        header(5, "Training", "Load the model, prepare data and optimizer (resuming if this run "
+               "has a checkpoint), then train with a live plot."),
+        code("5.1 Model", """
+model_source = "builtin"  # @param ["builtin", "gist", "folder"]
+model_ref = ""  # @param {type:"string"}
+# @markdown For a Gist: its id or URL. Loading a Gist **runs its code**: read it, then tick the box.
+trust_remote_code = False  # @param {type:"boolean"}
+config = config.replace(model_source=model_source, model_ref=model_ref)
+"""),
+        code("5.2 Initialise training", """
+session = TrainingSession.create(config, workspace, db=db, trust=trust_remote_code)
+"""),
+        code("5.3 Train", """
+result = session.fit()
+"""),
+    ]),
+    ("Analysis", [
+        header(6, "Analysis", "The dashboard, the best epoch, the metric table and GPU use."),
+        code("6.1 Training dashboard", """
+dashboard_path = session.save_dashboard()
+"""),
+        code("6.2 Best epoch", """
+session.best_epoch_report()
+"""),
+        code("6.3 Metrics table and CSV", """
+metrics_csv = session.save_metrics_csv()
+display(session.tracker.get_summary())
+"""),
+        code("6.4 GPU utilisation", """
+session.show_hardware_report()
+"""),
+    ]),
+    ("Export", [
+        header(7, "Export and results", "What is in the workspace, the model bundle and "
+               "archive, and how this run compares with earlier ones."),
+        code("7.1 Workspace summary", """
+display(export_summary(workspace))
+"""),
+        code("7.2 Model bundle, archive and download", """
+download = True  # @param {type:"boolean"}
+archive = export_run(session, download=download)
+"""),
+        code("7.3 Compare runs", """
+compare_last = 5  # @param {type:"integer"}
+show_run_comparison(db, last=compare_last)
+"""),
+    ]),
+    ("Advanced", [
+        header(8, "Advanced: hyperparameter search", "Optuna with pruning; every trial is a run "
+               "in the experiment history. Off by default."),
+        code("8.1 Hyperparameter search", """
+run_search_now = False  # @param {type:"boolean"}
+n_trials = 10  # @param {type:"integer"}
+timeout_minutes = 30  # @param {type:"integer"}
+search = run_search(config, workspace, n_trials=n_trials, timeout=timeout_minutes * 60) if run_search_now else None
+"""),
+        code("8.2 Search results", """
+train_best = False  # @param {type:"boolean"}
+show_search_results(search, train_best=train_best, workspace=workspace, db=db)
+"""),
+        md("""
+### Summary and next steps
+- Everything is in your Drive under `MyDrive/TransformerTraining/`: `checkpoints/<run>`,
+  `configs/<run>.json`, `results/` (dashboard, metrics CSV, bundles) and `experiments.db`.
+- **Disconnected?** Reconnect and *Run all*: training resumes from the newest checkpoint.
+- **Train longer**: raise `epochs` (section 3) and run again with the same `run_name`.
+- **A new experiment**: change `run_name`.
+- The same library runs from a shell: `python -m utils.training train --config configs/<run>.json`.
+"""),
+    ]),
+]
+
+
+def cell_id(index: int, source: str) -> str:
+    # Stable across builds (no random uuids), unique, and changes only when the cell does.
+    return f"c{index:02d}-" + hashlib.sha1(source.encode()).hexdigest()[:8]
+
+
+def build() -> nbformat.NotebookNode:
+    cells = []
+    for _, section in SECTIONS:
+        for spec in section:
+            index = len(cells)
+            if spec["kind"] == "markdown":
+                cell = new_markdown_cell(spec["source"])
+            else:
+                cell = new_code_cell(spec["source"], metadata={"cellView": "form"})
+            cell["id"] = cell_id(index, spec["source"])
+            cells.append(cell)
+    nb = new_notebook(cells=cells)
+    nb.metadata = {
+        "accelerator": "GPU",
+        "colab": {"provenance": [], "gpuType": "T4"},
+        "kernelspec": {"display_name": "Python 3", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    nbformat.validate(nb)
+    return nb
+
+
+def render() -> str:
+    return nbformat.writes(build()) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if training.ipynb is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = NOTEBOOK.read_text() if NOTEBOOK.exists() else ""
+        if current != text:
+            print(f"{NOTEBOOK.name} is out of date: run `python build_notebook.py`.")
+            return 1
+        print(f"{NOTEBOOK.name} matches the generator.")
+        return 0
+    NOTEBOOK.write_text(text)
+    print(f"Wrote {NOTEBOOK.name}: {len(build().cells)} cells.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

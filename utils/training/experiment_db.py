@@ -1,0 +1,556 @@
+"""ExperimentDB: every run's config, metrics and artifacts in one SQLite file.
+
+The history must outlive W&B outages, a lost network and a wiped Colab VM, so it is a plain
+SQLite file that a person can open with any SQLite tool. SQLite locking on the Drive mount is
+unreliable (COLAB.md), so in Colab the live database sits on the VM's local disk and
+:meth:`ExperimentDB.sync` copies it into the Drive workspace with SQLite's backup API;
+:meth:`ExperimentDB.open_for_workspace` restores it from there on a fresh VM.
+
+Floor 3: stdlib ``sqlite3`` and pandas only; never torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import os
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import db_frames as F
+from . import metric_names as M
+from .db_schema import (
+    SCHEMA_VERSION,
+    STATUSES,
+    ExperimentDBError,
+    check_file,
+    check_ours,
+    check_status,
+    config_dict,
+    corrupt_error,
+    dumps,
+    metric_value,
+    position,
+    upgrade,
+)
+from .workspace import TEMP_MARKER, Workspace, atomic_write
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "ExperimentDB", "ExperimentDBError"]
+
+_FINITE = (-sys.float_info.max, sys.float_info.max)  # BETWEEN these drops NaN (NULL) and +-inf
+_RUN_COLUMNS = ["id", "name", "status", "config_json", "tags", "notes", "created_at",
+                "updated_at", "finished_at", "summary_json", "study", "parent_run_id"]
+
+
+def _order(mode: str) -> str:
+    if mode not in ("min", "max"):
+        raise ExperimentDBError(f"mode {mode!r}: must be 'min' (losses) or 'max' (accuracies)")
+    return "ASC" if mode == "min" else "DESC"
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("epoch", "step"):
+        raise ExperimentDBError(f"kind {kind!r}: must be 'epoch' or 'step'")
+    return kind
+
+
+class ExperimentDB:
+    """Runs, metrics and artifacts in SQLite; safe for several threads and processes at once.
+
+    One connection per instance (guarded by a lock, usable from any thread); WAL mode so
+    readers never block the writer; every write is one ``BEGIN IMMEDIATE`` transaction, which
+    takes the write lock up front so concurrent search workers queue instead of failing.
+    """
+
+    def __init__(self, path: str | Path, *, sync_to: str | Path | None = None,
+                 staging: str | Path | None = None, busy_timeout: float = 30.0,
+                 verbose: bool = True) -> None:
+        """``sync_to``: the workspace copy that :meth:`sync` refreshes (``staging``: a local
+        folder to write it through). Use :meth:`open_for_workspace` rather than passing these."""
+        self.path = Path(path)
+        self.sync_to = Path(sync_to) if sync_to is not None else None
+        self.staging = Path(staging) if staging is not None else None
+        self.verbose = verbose
+        self.journal_mode = "memory"
+        self._lock = threading.RLock()
+        memory = str(path) == ":memory:"
+        if not memory:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_file(self.path)
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            with self._errors():
+                self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                # Read-only checks first: a file that is not ours must not be changed at all.
+                version = check_ours(self._conn, self.path)
+                if not memory:
+                    self._set_journal_mode()
+            if version != SCHEMA_VERSION:
+                with self._write() as conn:
+                    found = upgrade(conn, self.path)
+                if found and verbose:
+                    print(f"Upgraded {self.path} from schema v{found} to v{SCHEMA_VERSION} "
+                          f"(no data removed).")
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _set_journal_mode(self) -> None:
+        """WAL where the file system supports it; say so loudly where it does not."""
+        assert self._conn is not None
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                raise
+            mode = f"unchanged ({exc})"
+        self.journal_mode = str(mode).lower()
+        if self.journal_mode == "wal":
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; never corrupt
+        elif self.verbose:
+            print(f"Note: SQLite WAL mode is not available for {self.path} (journal mode: {mode}); "
+                  f"using the rollback journal. Keep the live database on local disk.")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors, reworded to say which file and what to do."""
+        try:
+            yield
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # a bug in this module, not something a person did
+        except sqlite3.IntegrityError as exc:
+            raise ExperimentDBError(
+                f"{self.path}: {exc} - a run id that does not exist? start_run() first"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "malformed" in text or "not a database" in text:
+                raise corrupt_error(self.path, text) from exc
+            hint = {
+                "locked": "another process held the write lock longer than the busy timeout",
+                "full": "the disk is full; free some space",
+                "readonly": "the file or its folder is read-only; pass a writable path",
+            }
+            extra = next((h for key, h in hint.items() if key in text), "")
+            raise ExperimentDBError(f"{self.path}: {text}{'; ' + extra if extra else ''}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ExperimentDBError(f"{self.path}: the database is closed; open a new ExperimentDB")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock, self._errors():
+            return self._connection().execute(sql, params).fetchall()
+
+    def _run_id(self, run: int | str) -> int:
+        """A run id, or the newest run with that name; unknown ones are an error, not None."""
+        if isinstance(run, str):
+            rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (run,))
+            what = f"named {run!r}"
+        else:
+            try:
+                run = operator.index(run)
+            except TypeError:
+                raise ExperimentDBError(f"expected a run id or run name, got {run!r}") from None
+            rows = self._query("SELECT id FROM runs WHERE id = ?", (run,))
+            what = f"with id {run}"
+        if not rows:
+            raise ExperimentDBError(f"no run {what} in {self.path}; db.list_runs() shows the runs")
+        return rows[0][0]
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, config: Any = None, name: str | None = None, tags: Iterable[str] = (),
+                  notes: str = "", study: str | None = None, parent_run_id: int | None = None,
+                  resume: bool = False, resume_run_id: int | None = None) -> int:
+        """Record a run (status ``running``) and return its id.
+
+        A resumed run continues its own row, so a restarted Colab session extends its history:
+        ``resume_run_id`` (the id a checkpoint remembered) or ``resume=True`` (the newest run
+        with this name). The config and new tags/notes are updated on the resumed row.
+        """
+        cfg = config_dict(config)
+        name = name or cfg.get("run_name") or "run"
+        tags = [tags] if isinstance(tags, str) else list(tags)
+        if any(type(t) is not str for t in tags):
+            raise ExperimentDBError(f"tags must be strings, got {tags!r}")
+        existing = self._resumable(name, resume, resume_run_id)
+        if existing is not None:
+            with self._write() as conn:
+                if cfg:
+                    conn.execute("UPDATE runs SET config_json = ? WHERE id = ?",
+                                 (dumps(cfg), existing))
+                if notes:
+                    conn.execute("UPDATE runs SET notes = ? WHERE id = ?", (notes, existing))
+            self.add_tags(existing, tags)
+            return self.resume_run(existing)
+        if parent_run_id is not None:
+            parent_run_id = self._run_id(parent_run_id)
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (name, status, config_json, tags, notes, created_at, updated_at,"
+                " study, parent_run_id) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (name, dumps(cfg), dumps(list(dict.fromkeys(tags))), notes, now, now, study,
+                 parent_run_id),
+            )
+            return int(cursor.lastrowid)
+
+    def _resumable(self, name: str, resume: bool, resume_run_id: int | None) -> int | None:
+        if resume_run_id is not None:
+            rows = self._query("SELECT name FROM runs WHERE id = ?",
+                               (position(resume_run_id, "resume_run_id"),))
+            if rows and rows[0][0] == name:
+                return int(resume_run_id)
+            # The checkpoint outlived its database row (a wiped or replaced database): keep
+            # training, but always say that the history starts again here.
+            found = f"belongs to run {rows[0][0]!r}" if rows else "is not in it"
+            print(f"Note: run id {resume_run_id} from the checkpoint {found} ({self.path}); "
+                  f"recording {name!r} as a new run.")
+            return None
+        if resume:
+            rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+                               (name,))
+            return rows[0][0] if rows else None
+        return None
+
+    def resume_run(self, run: int | str, discard_after_step: int | None = None) -> int:
+        """Continue the same run row: status back to ``running``; ``discard_after_step``: see
+        :meth:`delete_metrics_after`."""
+        run_id = self._run_id(run)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'running', updated_at = ?, finished_at = NULL "
+                "WHERE id = ?", (time.time(), run_id))
+        if discard_after_step is not None:
+            self.delete_metrics_after(run_id, discard_after_step)
+        return run_id
+
+    def delete_metrics_after(self, run_id: int | str, step: int) -> int:
+        """Drop a run's metrics logged after ``step`` (the checkpoint a resumed loop restarts
+        from): the loop logs them again, and without this they would be in the history twice."""
+        run_id = self._run_id(run_id)
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?",
+                                  (run_id, position(step, "step")))
+            return cursor.rowcount
+
+    def finish_run(self, run_id: int | str, status: str = "completed",
+                   summary: Any = None) -> None:
+        """Close a run; ``summary`` (a dict or a dataclass such as TrainingResult) is kept as JSON."""
+        if status == "running":
+            raise ExperimentDBError("finish_run(status='running') makes no sense; use resume_run")
+        check_status(status)
+        if summary is not None and dataclasses.is_dataclass(summary):
+            summary = dataclasses.asdict(summary)
+        run_id = self._run_id(run_id)
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, updated_at = ?,"
+                " summary_json = COALESCE(?, summary_json) WHERE id = ?",
+                (status, now, now, None if summary is None else dumps(summary), run_id))
+
+    def set_status(self, run_id: int | str, status: str) -> None:
+        if status != "running":
+            self.finish_run(run_id, status)
+            return
+        self.resume_run(run_id)
+
+    def add_tags(self, run_id: int | str, tags: Iterable[str]) -> list[str]:
+        """Merge tags (order kept, no duplicates); returns the run's tags afterwards."""
+        new = [tags] if isinstance(tags, str) else list(tags)
+        if any(type(t) is not str for t in new):
+            raise ExperimentDBError(f"tags must be strings, got {new!r}")
+        run_id = self._run_id(run_id)
+        with self._write() as conn:  # read-modify-write under the write lock: no lost updates
+            old = json.loads(conn.execute("SELECT tags FROM runs WHERE id = ?", (run_id,))
+                             .fetchone()[0])
+            merged = list(dict.fromkeys([*old, *new]))
+            conn.execute("UPDATE runs SET tags = ?, updated_at = ? WHERE id = ?",
+                         (dumps(merged), time.time(), run_id))
+        return merged
+
+    def set_notes(self, run_id: int | str, notes: str) -> None:
+        run_id = self._run_id(run_id)
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET notes = ?, updated_at = ? WHERE id = ?",
+                         (notes, time.time(), run_id))
+
+    def delete_run(self, run_id: int | str) -> None:
+        """Remove a run with its metrics and artifact records (the artifact files stay on disk)."""
+        run_id = self._run_id(run_id)
+        with self._write() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def get_run(self, run_id: int | str) -> dict[str, Any]:
+        """One run as a dict with its config, tags and summary parsed."""
+        run_id = self._run_id(run_id)
+        row = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+        run = dict(zip(_RUN_COLUMNS, row[0]))
+        run["config"] = json.loads(run.pop("config_json"))
+        run["tags"] = json.loads(run["tags"])
+        summary = run.pop("summary_json")
+        run["summary"] = None if summary is None else json.loads(summary)
+        return run
+
+    # ------------------------------------------------------------------ metrics
+
+    def log_metrics(self, run_id: int, metrics: Mapping[str, Any], step: int | None = None,
+                    epoch: int | None = None, wall_time: float | None = None) -> int:
+        """One row per metric, all in one transaction. Epoch rows go at the step where the epoch
+        ended, after that epoch's batch rows (see :meth:`get_metrics_wide`)."""
+        wall = time.time() if wall_time is None else float(wall_time)
+        return self.log_metrics_many(
+            [(run_id, name, value, step, epoch, wall) for name, value in metrics.items()])
+
+    def log_metrics_many(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Batched insert of ``(run_id, name, value, step, epoch, wall_time)`` rows in one
+        transaction (``wall_time`` None = now); returns the number of rows written."""
+        now = time.time()
+        data = []
+        for row in rows:
+            try:
+                run_id, name, value, step, epoch, wall = row
+            except (TypeError, ValueError):
+                raise ExperimentDBError(
+                    f"each row must be (run_id, name, value, step, epoch, wall_time), got {row!r}"
+                ) from None
+            data.append((
+                run_id if type(run_id) is int else position(run_id, "run_id"),
+                name, metric_value(name, value), position(step, "step"), position(epoch, "epoch"),
+                now if wall is None else float(wall),
+            ))
+        if not data:
+            return 0
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) "
+                "VALUES (?, ?, ?, ?, ?, ?)", data)
+            run_ids = sorted({r[0] for r in data})
+            conn.execute(
+                f"UPDATE runs SET updated_at = ? WHERE id IN ({','.join('?' * len(run_ids))})",
+                (now, *run_ids))
+        return len(data)
+
+    def get_metrics(self, run_id: int | str, names: Iterable[str] | None = None) -> pd.DataFrame:
+        """Long format (name, value, step, epoch, wall_time), in step order then logging order."""
+        run_id = self._run_id(run_id)
+        sql = "SELECT name, value, step, epoch, wall_time FROM metrics WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            params += names
+        return F.metrics_frame(self._query(sql + " ORDER BY step IS NULL, step, id", params))
+
+    def get_metrics_wide(self, run_id: int | str, kind: str = "epoch") -> pd.DataFrame:
+        """A row per epoch (or step), a column per metric: the shapes of the tracker's
+        ``get_summary()`` / ``batch_history()``, so the dashboard can draw a stored run."""
+        return F.wide_frame(self.get_metrics(run_id), _kind(kind))
+
+    # ------------------------------------------------------------------ artifacts
+
+    def log_artifact(self, run_id: int | str, kind: str, path: str | Path) -> int:
+        """Record a file with its size and sha256 (read in 1 MiB chunks: checkpoints are big)."""
+        run_id = self._run_id(run_id)
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ExperimentDBError(f"artifact {path} is not a file; log files (archive folders first)")
+        digest, size = hashlib.sha256(), 0
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO artifacts (run_id, kind, path, size, sha256, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, kind, str(path), size, digest.hexdigest(), time.time()))
+            return int(cursor.lastrowid)
+
+    def get_artifacts(self, run_id: int | str) -> pd.DataFrame:
+        run_id = self._run_id(run_id)
+        rows = self._query("SELECT id, kind, path, size, sha256, created_at FROM artifacts "
+                           "WHERE run_id = ? ORDER BY id", (run_id,))
+        return pd.DataFrame.from_records(
+            rows, columns=["id", "kind", "path", "size", "sha256", "created_at"])
+
+    # ------------------------------------------------------------------ queries
+
+    def list_runs(self, status: str | None = None, study: str | None = None,
+                  tag: str | None = None, limit: int | None = None, metric: str = M.VAL_LOSS,
+                  mode: str = "min") -> pd.DataFrame:
+        """One row per run, newest first, with the best ``metric`` and the last epoch.
+
+        The per-run numbers are index seeks on ``metrics(name, run_id, value, epoch)``, so this
+        stays fast with thousands of runs and millions of metric rows.
+        """
+        order = _order(mode)
+        best_sub = ("FROM metrics WHERE name = ? AND run_id = r.id AND value BETWEEN ? AND ? "
+                    f"ORDER BY value {order}, id LIMIT 1")
+        sql = (
+            "SELECT r.id, r.name, r.status, r.created_at, r.finished_at, r.updated_at, r.tags, "
+            "r.study, r.parent_run_id, r.notes, "
+            f"(SELECT value {best_sub}), (SELECT epoch {best_sub}), "
+            "(SELECT MAX(epoch) FROM metrics WHERE name IN (?, ?) AND run_id = r.id) "
+            "FROM runs r WHERE 1 = 1"
+        )
+        params: list[Any] = [metric, *_FINITE, metric, *_FINITE, M.TRAIN_LOSS, M.VAL_LOSS]
+        if status is not None:
+            sql += " AND r.status = ?"
+            params.append(check_status(status))
+        if study is not None:
+            sql += " AND r.study = ?"
+            params.append(study)
+        if tag is not None:
+            sql += " AND instr(r.tags, ?) > 0"  # the JSON-quoted tag matches whole elements only
+            params.append(json.dumps(tag))
+        sql += " ORDER BY r.id DESC LIMIT ?"
+        params.append(-1 if limit is None else int(limit))
+        return F.runs_frame(self._query(sql, params), metric)
+
+    def best_run(self, metric: str = M.VAL_LOSS, mode: str = "min", study: str | None = None,
+                 status: str | None = None) -> dict[str, Any] | None:
+        """The run with the best finite ``metric`` value (NaN/inf never win), or None."""
+        sql = ("SELECT m.run_id, m.value, m.epoch, m.step FROM metrics m JOIN runs r "
+               "ON r.id = m.run_id WHERE m.name = ? AND m.value BETWEEN ? AND ?")
+        params: list[Any] = [metric, *_FINITE]
+        if study is not None:
+            sql += " AND r.study = ?"
+            params.append(study)
+        if status is not None:
+            sql += " AND r.status = ?"
+            params.append(check_status(status))
+        rows = self._query(sql + f" ORDER BY m.value {_order(mode)}, m.run_id LIMIT 1", params)
+        if not rows:
+            return None
+        run_id, value, epoch, step = rows[0]
+        return {**self.get_run(run_id), "metric": metric, "best_value": value,
+                "best_epoch": epoch, "best_step": step}
+
+    def compare_runs(self, run_ids: Iterable[int | str], metric: str = M.VAL_LOSS,
+                     kind: str = "epoch") -> pd.DataFrame:
+        """``metric`` by epoch (or step), one column per run named after it: ``frame.plot()``."""
+        ids = [self._run_id(r) for r in run_ids]
+        curves = {i: self.get_metrics(i, [metric]) for i in ids}
+        return F.compare_frame(curves, {i: self.get_run(i)["name"] for i in ids}, _kind(kind))
+
+    def compare_table(self, run_ids: Iterable[int | str], metric: str = M.VAL_LOSS,
+                      mode: str = "min") -> pd.DataFrame:
+        """One row per run: status, epochs, best ``metric`` and its epoch, and every
+        hyperparameter whose value differs between the runs."""
+        ids = [self._run_id(r) for r in run_ids]
+        runs = self.list_runs(metric=metric, mode=mode).set_index("id").loc[ids]
+        table = runs[["name", "status", "epochs", F.best_column(metric), "best_epoch"]]
+        settings = F.differing_settings({i: self.get_run(i)["config"] for i in ids})
+        return table.join(settings)
+
+    # ------------------------------------------------------------------ Drive copies
+
+    @classmethod
+    def open_for_workspace(cls, workspace: Workspace, verbose: bool = True,
+                           **kwargs: Any) -> ExperimentDB:
+        """The workspace's database, live on local disk when the workspace is on Drive.
+
+        On a fresh Colab VM the local copy is gone but Drive still has the history: restore
+        it first, so new runs extend the old history instead of replacing it at the next sync.
+        """
+        target = workspace.db_path
+        if not workspace.on_drive:
+            return cls(target, verbose=verbose, **kwargs)
+        local = Path(workspace.staging) / target.name
+        if not local.exists() and target.exists() and target.stat().st_size > 0:
+            check_file(target)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}{TEMP_MARKER}restore-{os.getpid()}")
+            try:
+                shutil.copyfile(target, tmp)
+                # link, not replace: never swap the file under a process that restored it first
+                # and is already writing to it (several search workers on a fresh VM).
+                os.link(tmp, local)
+                if verbose:
+                    print(f"Restored the experiment history from {target} to local disk ({local}).")
+            except FileExistsError:
+                pass  # another process restored it a moment ago: use that copy
+            finally:
+                tmp.unlink(missing_ok=True)
+        return cls(local, sync_to=target, staging=workspace.staging, verbose=verbose, **kwargs)
+
+    def backup_to(self, dest: str | Path, staging: str | Path | None = None) -> Path:
+        """A consistent copy at ``dest`` (SQLite backup API, then one rename: readers of
+        ``dest`` see the old copy or the new one). The copy is a single self-contained file."""
+        dest = Path(dest)
+        if dest.exists() and dest.resolve() == self.path.resolve():
+            raise ExperimentDBError(f"{dest} is the live database itself; back up somewhere else")
+
+        def write(tmp: Path) -> None:
+            copy = sqlite3.connect(str(tmp))
+            try:
+                with self._lock, self._errors():
+                    self._connection().backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # no -wal file to go missing
+            finally:
+                copy.close()
+
+        return atomic_write(dest, write, staging=staging)
+
+    def sync(self) -> Path | None:
+        """Copy the live database to the workspace when they differ (Drive); no-op otherwise."""
+        if self.sync_to is None:
+            return None
+        return self.backup_to(self.sync_to, staging=self.staging)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Sync to the workspace (if any) and close; closing twice is fine."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self.sync()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> ExperimentDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else self.journal_mode
+        synced = f", sync_to={str(self.sync_to)!r}" if self.sync_to else ""
+        return f"ExperimentDB({str(self.path)!r}{synced}; {state})"

@@ -1,0 +1,231 @@
+"""What the notebook's cells call, and how to run the notebook without Colab.
+
+Each helper here is a few lines of wiring that a cell would otherwise hold: choosing a data source
+across several form cells, applying a training mode, showing tables. Keeping them here keeps the
+cells thin and tested. ``run_notebook`` executes ``training.ipynb`` with a real Jupyter kernel
+after filling in ``@param`` values, exactly as a person editing the forms would.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .training_config import MODES, ConfigError, TrainingConfig, mode_for_epochs
+
+PARAM_LINE = re.compile(r"^(?P<name>[A-Za-z_]\w*) = (?P<value>.+?)(?P<rest>  # @param .+)$")
+
+
+def _display(obj: Any) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython ships with the dev and Colab installs
+        print(obj)
+        return
+    if get_ipython() is not None:
+        display(obj)
+    else:
+        print(obj)
+
+
+# ---------------------------------------------------------------------- data source cells
+
+
+class DataChoice:
+    """The data source picked in the first data cell; the later cells each ``use`` their source
+    and only the chosen one does any work, so *Run all* runs every cell without surprises."""
+
+    def __init__(self, source: str, max_samples: int = 0) -> None:
+        from .training_config import DATA_SOURCES
+
+        if source not in DATA_SOURCES:
+            raise ConfigError([f"- data_source = {source!r}: choose one of {', '.join(DATA_SOURCES)}"])
+        self.source = source
+        self.settings: dict[str, Any] = {"data_source": source, "max_samples": max_samples}
+
+    def use(self, source: str, workspace: Any = None, preview: bool = True, **settings: Any) -> bool:
+        if source != self.source:
+            print(f"Skipped: data_source is {self.source!r}.")
+            return False
+        self.settings.update(settings)
+        if preview:
+            self.preview(workspace)
+        return True
+
+    def preview(self, workspace: Any = None, rows: int = 3) -> None:
+        """Load the text now so a wrong path or column fails here, next to its form."""
+        from .data import load_text_data
+
+        config = TrainingConfig().replace(**self.settings)
+        texts = load_text_data(config, workspace)
+        sizes = ", ".join(f"{split}: {len(ds):,} rows" for split, ds in texts.items())
+        print(f"Data source {self.source!r}: {sizes}")
+        for text in texts["train"][:rows]["text"]:
+            snippet = " ".join(str(text).split())[:100]
+            print(f"  | {snippet}")
+
+
+# ---------------------------------------------------------------------- configuration cells
+
+
+def apply_mode(config: TrainingConfig, mode: str, epochs: int = 0) -> TrainingConfig:
+    """A mode's default number of epochs, or the user's own; says so when they disagree."""
+    if mode not in MODES:
+        raise ConfigError([f"- mode = {mode!r}: choose one of {', '.join(MODES)}"])
+    if epochs <= 0:
+        epochs = TrainingConfig.preset(mode).epochs
+    config = config.replace(epochs=epochs)
+    if mode_for_epochs(epochs) != mode:
+        print(f"Note: {epochs} epochs is {mode_for_epochs(epochs)!r} mode, not {mode!r}.")
+    return config
+
+
+def show_recent_runs(db: Any, limit: int = 10) -> None:
+    runs = db.list_runs(limit=limit)
+    if runs.empty:
+        print("No runs yet: this will be the first in the experiment history.")
+    else:
+        _display(runs)
+
+
+# ---------------------------------------------------------------------- results cells
+
+
+def export_run(session: Any, download: bool = True) -> Path:
+    """Bundle (weights, config, tokenizer, README) and a zip with the dashboard and metrics."""
+    from .export import download as start_download
+    from .export import export_archive
+
+    archive = export_archive(session, session.workspace, session.db)
+    print(f"Archive: {archive}")
+    if download:
+        start_download(archive)
+    return archive
+
+
+def show_run_comparison(db: Any, last: int = 5) -> None:
+    """The last runs side by side: a table of what differed and their validation curves."""
+    from .dashboard import plot_run_comparison
+    from .export import run_comparison_table
+
+    runs = db.list_runs(limit=last)
+    if runs.empty:
+        print("No runs to compare yet.")
+        return
+    _display(run_comparison_table(db, last=last))
+    ids = list(runs["id"])[::-1]
+    if len(ids) > 1:
+        _display(plot_run_comparison(db.compare_runs(ids)))
+
+
+def show_search_results(search: Any, *, train_best: bool = False, workspace: Any = None,
+                        db: Any = None) -> Any:
+    """Trials table and Optuna's plots; optionally train the best configuration for real."""
+    if search is None:
+        print("No search this time (tick run_search_now in 8.1 to run one).")
+        return None
+    _display(search.trials)
+    for figure in search.figures().values():
+        _display(figure)
+    if not train_best:
+        print(f"Best: {search.summary()}\nTick train_best to train {search.best_config.run_name!r}.")
+        return None
+    from .session import TrainingSession
+
+    session = TrainingSession.create(search.best_config, workspace, db=db)
+    session.fit()
+    return session
+
+
+# ---------------------------------------------------------------------- running the notebook
+
+
+def set_params(source: str, values: Mapping[str, Any]) -> tuple[str, set[str]]:
+    """Replace the literal of each ``name = value  # @param`` line named in ``values``."""
+    used: set[str] = set()
+    lines = []
+    for line in source.splitlines():
+        match = PARAM_LINE.match(line)
+        if match and match["name"] in values:
+            old = ast.literal_eval(match["value"])
+            new = _coerce(match["name"], values[match["name"]], old)
+            line = f"{match['name']} = {new!r}{match['rest']}"
+            used.add(match["name"])
+        lines.append(line)
+    return "\n".join(lines), used
+
+
+def _coerce(name: str, value: Any, old: Any) -> Any:
+    """Give a ``--set`` string the type of the form field it replaces."""
+    if not isinstance(value, str) or isinstance(old, str):
+        return value
+    try:
+        if isinstance(old, bool):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return lowered in ("true", "1", "yes")
+        if isinstance(old, int):
+            return int(value)
+        if isinstance(old, float):
+            return float(value)
+    except ValueError as exc:
+        raise ConfigError(
+            [f"- {name} = {value!r}: the form field is a {type(old).__name__}"],
+            header="Bad --set value",
+        ) from exc
+    return value
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    values = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError([f"- {pair!r}: write --set name=value"], header="Bad --set value")
+        values[name.strip()] = value
+    return values
+
+
+def run_notebook(
+    notebook: str | Path,
+    values: Mapping[str, Any] | None = None,
+    output: str | Path | None = None,
+    timeout: int = 1800,
+    cwd: str | Path | None = None,
+) -> Path:
+    """Execute the notebook top to bottom with a real kernel and save the executed copy."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = Path(notebook)
+    nb = nbformat.read(notebook, as_version=4)
+    values = dict(values or {})
+    used: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source, found = set_params(cell.source, values)
+            used |= found
+    unknown = set(values) - used
+    if unknown:
+        raise ConfigError([f"- {name}: no form field of that name in {notebook.name}"
+                           for name in sorted(unknown)], header="Bad --set value")
+    output = Path(output) if output else notebook.with_name(notebook.stem + ".executed.ipynb")
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd or notebook.parent)}})
+    started = time.monotonic()
+    try:
+        client.execute()
+    except CellExecutionError:
+        nbformat.write(nb, output)
+        print(f"A cell failed; the executed notebook (with the error) is at {output}")
+        raise
+    nbformat.write(nb, output)
+    print(f"Executed {notebook.name} in {time.monotonic() - started:.0f}s -> {output}")
+    return output

@@ -1,0 +1,158 @@
+"""SearchResult: what a study found, as settings, a config to train, a table and figures.
+
+Kept apart from ``search.py`` (which runs studies) because a result is also what
+``load_search`` gives back days later, in a session that never ran a trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from .search_space import SearchError, apply_params
+from .training_config import TrainingConfig
+from .workspace import Workspace, atomic_write
+
+SEARCH_DIR = "search"  # <workspace>/search/<study>.db and results/search/<study>/*.png
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def format_params(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, target: int) -> str:
+    """One line per finished trial: enough to follow a search without reading a table."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    state = trial.state.name.lower()
+    if trial.state == TrialState.PRUNED:
+        epoch = trial.user_attrs.get("pruned_at_epoch") or trial.last_step
+        state = f"pruned at epoch {epoch}"
+    value = trial.value if trial.value is not None else (
+        trial.intermediate_values.get(trial.last_step) if trial.last_step is not None else None)
+    shown = f"val {value:.4f}" if value is not None else "no val loss"
+    params = format_params(trial.user_attrs.get("config_changes", trial.params))
+    seconds = trial.duration.total_seconds() if trial.duration else math.nan
+    line = f"trial {trial.number} ({done}/{target}) {state}: {shown} | {params} | {seconds:.0f}s"
+    with contextlib.suppress(ValueError):  # no completed trial yet
+        line += f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
+    return line
+
+
+@dataclass
+class SearchResult:
+    """A study and the config it searched around: best settings, trials table, figures."""
+
+    study: optuna.Study
+    base_config: TrainingConfig
+    study_name: str
+    workspace: Workspace | None = None
+    interrupted: bool = False
+
+    @property
+    def best_trial(self) -> optuna.trial.FrozenTrial:
+        try:
+            return self.study.best_trial
+        except ValueError:
+            raise SearchError(
+                f"Study {self.study_name!r} has no completed trial yet (all were pruned, failed "
+                "or not run): run the search again with more trials or a wider space."
+            ) from None
+
+    @property
+    def best_value(self) -> float:
+        return float(self.best_trial.value)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The settings the best trial trained with (n_heads included when it was adjusted)."""
+        trial = self.best_trial
+        return dict(trial.user_attrs.get("config_changes", trial.params))
+
+    @property
+    def best_config(self) -> TrainingConfig:
+        """The base config with the best settings, full epochs, named ``<study>-best``."""
+        config, _ = apply_params(self.base_config, self.best_params)
+        return config.replace(run_name=f"{self.study_name}-best").validate()
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            rows.append({
+                "number": t.number, "state": t.state.name.lower(), "value": t.value,
+                **t.user_attrs.get("config_changes", t.params),
+                "epochs": len(t.intermediate_values),
+                "duration_s": t.duration.total_seconds() if t.duration else math.nan,
+                "run_id": t.user_attrs.get("run_id"), "run_name": t.user_attrs.get("run_name"),
+            })
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        counts = pd.Series([t.state.name.lower() for t in self.study.trials]).value_counts()
+        states = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
+        line = f"Study {self.study_name!r}: {states}."
+        try:
+            best = self.best_trial
+        except SearchError as exc:
+            return f"{line}\n{exc}"
+        return (f"{line}\nBest: trial {best.number}, val loss {best.value:.4f} with "
+                f"{format_params(self.best_params)}.")
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def figures(self) -> dict[str, Any]:
+        """Optuna's matplotlib plots as {name: Figure}; the ones the study cannot draw yet are
+        left out with a printed reason. Optuna's global style change is undone afterwards."""
+        import matplotlib
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        trials = self.study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        out: dict[str, Any] = {}
+        with warnings.catch_warnings(), matplotlib.rc_context():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if complete:
+                out["optimization_history"] = ovm.plot_optimization_history(self.study).figure
+            else:
+                print("No completed trial yet, so no optimisation history to plot.")
+            varied = {k for t in complete for k in t.params
+                      if len({json.dumps(u.params.get(k)) for u in complete}) > 1}
+            if len(complete) >= 2 and varied:
+                out["param_importances"] = ovm.plot_param_importances(self.study).figure
+            else:
+                print(f"Parameter importances need at least 2 completed trials with different "
+                      f"settings (this study has {len(complete)} completed).")
+            if any(t.intermediate_values for t in trials):
+                out["intermediate_values"] = ovm.plot_intermediate_values(self.study).figure
+            else:
+                print("No trial reported a val loss yet, so no learning curves to plot.")
+        for figure in out.values():
+            plt.close(figure)  # detached from pyplot: a notebook shows them only when asked
+        return out
+
+    def save_figures(self, directory: str | Path | None = None, dpi: int = 120) -> dict[str, Path]:
+        """PNG files, written atomically; default ``<workspace>/results/search/<study>/``."""
+        if directory is None:
+            if self.workspace is None:
+                raise SearchError("save_figures() needs a directory when the search had no "
+                                  "workspace")
+            directory = self.workspace.results / SEARCH_DIR / self.study_name
+        folder = Path(directory)
+        saved = {}
+        for name, figure in self.figures().items():
+            saved[name] = atomic_write(folder / f"{name}.png", lambda tmp, f=figure: f.savefig(
+                tmp, format="png", dpi=dpi, bbox_inches="tight"))
+        return saved

@@ -1,0 +1,239 @@
+"""Weights & Biases: find the API key, start a run, and never let W&B hold training up.
+
+``init_wandb`` always returns something with ``.log``, ``.summary``, ``.finish`` and ``.id``: a
+real W&B run (online or offline) or, when tracking is off, a :class:`DisabledRun` that does
+nothing. Callers never write ``if use_wandb:``.
+
+Where the key comes from, in order: the ``WANDB_API_KEY`` environment variable, Colab's Secrets
+(the key icon in Colab's left bar), and only when a person is at the keyboard a hidden prompt.
+No key, an empty answer, a headless run or no network all mean *offline*: the run is written to
+disk and can be uploaded later with ``wandb sync``. The key is handed to ``wandb.init`` through
+its settings, so it is never printed, never written to ``~/.netrc``, the config, the database
+or the W&B config, and never put into ``os.environ`` (where ``!env`` in a notebook would show it).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .workspace import in_colab
+
+if TYPE_CHECKING:
+    from .training_config import TrainingConfig
+
+KEY_ENV = "WANDB_API_KEY"
+# Without a bound, wandb.init retries an unreachable server for about 100 s (FACTS.md). With
+# init_timeout=15 and no network, init_wandb was offline and training after 26 s (measured).
+INIT_TIMEOUT_S = 15.0
+# Colab's userdata raises these; we cannot import the classes outside Colab, so we look them up
+# on the module by name and catch only those.
+_COLAB_SECRET_ERRORS = ("SecretNotFoundError", "NotebookAccessError", "TimeoutException")
+_we_set_offline = False  # True when WANDB_MODE=offline in os.environ is our doing, not the user's
+
+
+class DisabledRun:
+    """The stand-in for a W&B run when tracking is off: same surface, does nothing."""
+
+    id: str | None = None
+    name: str | None = None
+    offline = False
+    disabled = True
+    step = 0
+
+    def __init__(self) -> None:
+        self.summary: dict[str, Any] = {}
+        self.config: dict[str, Any] = {}
+
+    def log(self, data: dict[str, Any], step: int | None = None,
+            commit: bool | None = None) -> None:
+        pass
+
+    def define_metric(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "DisabledRun()"
+
+
+def _say(message: str) -> None:
+    print(f"W&B: {message}")
+
+
+def _colab_secret() -> tuple[str | None, str | None]:
+    """(key, None) from Colab's Secrets, or (None, why not); (None, None) outside Colab."""
+    if not in_colab():
+        return None, None
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+    except ImportError:
+        return None, None
+    known = tuple(
+        cls for cls in (getattr(userdata, name, None) for name in _COLAB_SECRET_ERRORS)
+        if isinstance(cls, type) and issubclass(cls, BaseException)
+    )
+    try:
+        value = userdata.get(KEY_ENV)
+    except known as exc:
+        kind = type(exc).__name__
+        if kind == "SecretNotFoundError":
+            return None, f"no {KEY_ENV} secret in Colab (add it under the key icon in the left bar)"
+        if kind == "NotebookAccessError":
+            return None, (f"this notebook has no access to the {KEY_ENV} secret (switch on "
+                          "'Notebook access' for it under the key icon in the left bar)")
+        return None, f"reading the {KEY_ENV} Colab secret failed ({kind})"
+    value = (value or "").strip()
+    return (value, None) if value else (None, f"the {KEY_ENV} Colab secret is empty")
+
+
+def can_prompt() -> bool:
+    """True only when someone can answer a prompt: a terminal on stdin, or a Jupyter/Colab
+    kernel whose frontend accepts input (nbclient and papermill do not; getpass would raise
+    StdinNotImplementedError there)."""
+    ipython = sys.modules.get("IPython")  # only if already imported: importing it is slow
+    shell = ipython.get_ipython() if ipython is not None else None
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        return bool(getattr(kernel, "_allow_stdin", False))
+    stdin = sys.stdin
+    return bool(stdin is not None and stdin.isatty())
+
+
+def _ask_for_key() -> str:
+    print(f"W&B: paste your API key from https://wandb.ai/authorize (input is hidden), or press "
+          f"Enter to log offline. Tip: store it as the {KEY_ENV} Colab secret to skip this.")
+    try:
+        return getpass.getpass("W&B API key: ").strip()
+    except EOFError:
+        return ""
+    except Exception as exc:  # ipykernel's StdinNotImplementedError, matched by name
+        if type(exc).__name__ == "StdinNotImplementedError":
+            return ""
+        raise
+
+
+def find_api_key(interactive: bool | None = None) -> tuple[str | None, str]:
+    """(key, where it came from) or (None, why there is none). Never prints the key."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    if key:
+        return key, f"${KEY_ENV}"
+    key, colab_problem = _colab_secret()
+    if key:
+        return key, "Colab secret"
+    if interactive is None:
+        interactive = can_prompt()
+    if not interactive:
+        where = colab_problem or f"no ${KEY_ENV} in the environment"
+        return None, f"{where}, and this run cannot ask for one (nobody at the keyboard)"
+    key = _ask_for_key()
+    if not key:
+        return None, "no API key entered"
+    return key, "prompt"
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if secret:
+        text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _start_offline(wandb: Any, kwargs: dict[str, Any], reason: str, timeout: float) -> Any:
+    global _we_set_offline
+    # The environment, not just mode=: at exit wandb posts telemetry unless WANDB_MODE says
+    # offline (FACTS.md), and that post would hang or fail without a network.
+    if os.environ.get("WANDB_MODE", "").strip().lower() not in ("offline", "dryrun"):
+        os.environ["WANDB_MODE"] = "offline"
+        _we_set_offline = True
+    try:
+        run = wandb.init(mode="offline", settings=wandb.Settings(init_timeout=timeout), **kwargs)
+    except (wandb.errors.Error, TimeoutError, OSError) as exc:
+        _say(f"offline logging failed too ({_first_line(exc, None)}); training goes on without "
+             "W&B. The SQLite history and CSV files are unaffected.")
+        return DisabledRun()
+    sync_dir = run.settings.sync_dir
+    _say(f"logging offline ({reason}). The run is saved in {sync_dir}; to upload it later, run: "
+         f"wandb login && wandb sync {sync_dir}")
+    return run
+
+
+def init_wandb(
+    config: TrainingConfig,
+    run_id: int | str | None = None,
+    resume_id: str | None = None,
+    directory: str | Path | None = None,
+    interactive: bool | None = None,
+    *,
+    init_timeout: float = INIT_TIMEOUT_S,
+) -> Any:
+    """Start the W&B run for ``config``, or a :class:`DisabledRun` when ``use_wandb`` is off.
+
+    ``run_id`` (the ExperimentDB run) goes into the W&B config so the two can be matched.
+    ``resume_id`` continues an earlier W&B run (``MetricsTracker`` remembers it in checkpoints).
+    ``directory`` holds the ``wandb/`` run folders (default: the current directory), with W&B's
+    cache beside it instead of in ``~/.cache``. ``interactive`` overrides the detection of
+    whether a person can be asked for the key.
+    """
+    global _we_set_offline
+    if not config.use_wandb:
+        return DisabledRun()
+    try:
+        import wandb
+    except ImportError:
+        _say("use_wandb is on but the wandb package is missing (pip install wandb); training goes "
+             "on without W&B.")
+        return DisabledRun()
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode == "disabled":
+        _say("WANDB_MODE=disabled is set in the environment; training goes on without W&B.")
+        return DisabledRun()
+
+    folder = Path(directory if directory is not None else Path.cwd()).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_DIR", str(folder))
+    os.environ.setdefault("WANDB_CACHE_DIR", str(folder / "wandb-cache"))
+    os.environ.setdefault("WANDB_DATA_DIR", str(folder / "wandb-data"))
+    run_config = config.to_dict()
+    if run_id is not None:
+        run_config["db_run_id"] = run_id
+    kwargs: dict[str, Any] = {
+        "project": config.wandb_project or None,
+        "entity": config.wandb_entity or None,
+        "name": config.run_name,
+        "tags": list(config.wandb_tags) or None,
+        "notes": config.wandb_notes or None,
+        "config": run_config,
+        "dir": str(folder),
+        # A run left open by an interrupted cell is closed, not silently handed back to us.
+        "reinit": "finish_previous",
+    }
+    if resume_id:
+        kwargs.update(id=resume_id, resume="allow")
+
+    if env_mode in ("offline", "dryrun") and not _we_set_offline:
+        return _start_offline(wandb, kwargs, "WANDB_MODE=offline is set in the environment",
+                              init_timeout)
+    key, source = find_api_key(interactive)
+    if key is None:
+        return _start_offline(wandb, kwargs, source, init_timeout)
+    if _we_set_offline:  # an earlier run in this kernel went offline; this one has a key
+        os.environ.pop("WANDB_MODE", None)
+        _we_set_offline = False
+    try:
+        run = wandb.init(
+            mode="online", settings=wandb.Settings(api_key=key, init_timeout=init_timeout), **kwargs
+        )
+    except (wandb.errors.Error, TimeoutError, OSError) as exc:
+        # Tear the half-started session down so the offline run starts clean and reads the
+        # WANDB_MODE=offline that _start_offline sets.
+        wandb.teardown()
+        reason = f"could not start an online run: {_first_line(exc, key)}"
+        return _start_offline(wandb, kwargs, reason, init_timeout)
+    _say(f"logging online to {run.url} (key from {source}).")
+    return run
