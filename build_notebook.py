@@ -106,7 +106,7 @@ show_recent_runs(db)
         header(2, "Data loading", "Choose a source in the first cell; each cell below does its "
                "work only for the source you chose, so *Run all* always works."),
         code("2.1 Hugging Face dataset (and the data source choice)", """
-data_source = "synthetic"  # @param ["huggingface", "drive", "upload", "local", "synthetic"]
+data_source = "huggingface"  # @param ["huggingface", "drive", "upload", "local", "synthetic"]
 dataset_name = "wikitext"  # @param {type:"string"}
 dataset_config = "wikitext-2-raw-v1"  # @param {type:"string"}
 text_column = ""  # @param {type:"string"}
@@ -144,7 +144,8 @@ data.use("synthetic", synthetic_tokens=synthetic_tokens, vocab_size=synthetic_vo
                "runtime, and the validated summary."),
         code("3.1 Hyperparameters", """
 run_name = "gpt-run"  # @param {type:"string"}
-tokenizer = "byte"  # @param ["bpe", "char", "byte"] {allow-input: true}
+tokenizer = "bpe"  # @param ["bpe", "char", "byte"] {allow-input: true}
+# @markdown `bpe` learns a vocabulary of `vocab_size` from your data; or give the path of a `tokenizer.json`.
 vocab_size = 8192  # @param {type:"integer"}
 # @markdown **Model** (built-in GPT; an exported model brings its own sizes)
 n_layers = 4  # @param {type:"integer"}
@@ -228,7 +229,7 @@ result = session.fit()
 dashboard_path = session.save_dashboard()
 """),
         code("6.2 Best epoch", """
-session.best_epoch_report()
+best = session.best_epoch_report()
 """),
         code("6.3 Metrics table and CSV", """
 metrics_csv = session.save_metrics_csv()

@@ -6,6 +6,7 @@ The same library the notebook uses, without a notebook: for a terminal, a script
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -25,29 +26,17 @@ from .workspace import Workspace
 NOTEBOOK = Path(__file__).resolve().parents[2] / "training.ipynb"
 
 
-def demo_config() -> TrainingConfig:
-    """A run that needs no network and finishes in a couple of minutes on a laptop CPU: a small
-    byte-level GPT on the Python standard library's own source, a real corpus every machine has."""
+def demo_form() -> dict[str, object]:
+    """Form values for a notebook run that needs no network and finishes in a few minutes on a
+    laptop CPU: a small byte-level GPT on the Python standard library's own source, a real
+    corpus every machine has."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return TrainingConfig.preset(
-        "fast",
-        run_name="demo",
-        data_source="local",
-        data_path=str(stdlib / "[a-c]*.py"),
-        tokenizer="byte",
-        epochs=3,
-        n_layers=4,
-        n_heads=4,
-        d_model=128,
-        block_size=128,
-        batch_size=16,
-        learning_rate=2e-3,
-        warmup_ratio=0.05,
-        max_samples=40,
-        sample_prompt="def ",
-        sample_tokens=120,
-        checkpoint_every_epochs=1,
-    )
+    return {
+        "run_name": "demo", "use_drive": False, "download": False,
+        "data_source": "local", "local_path": str(stdlib / "[a-c]*.py"), "max_samples": 40,
+        "tokenizer": "byte", "n_layers": 4, "n_heads": 4, "d_model": 128, "block_size": 128,
+        "batch_size": 16, "learning_rate": 0.002, "mode": "fast", "epochs": 3,
+    }
 
 
 def _build_config(args: argparse.Namespace) -> TrainingConfig:
@@ -77,22 +66,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    config = demo_config()
-    if args.set:
-        config = config.apply_overrides(args.set)
-    result, workspace = _run(config, args)
+    """The notebook itself, run top to bottom by a real kernel with the demo's form values."""
+    workspace = Workspace.setup(args.workspace, mount_drive=False)
+    values = {**demo_form(), **parse_sets(args.set)}
+    os.environ["TRANSFORMER_TRAINING_HOME"] = str(workspace.root)  # the kernel inherits it
+    os.environ.setdefault("WANDB_MODE", "offline")
+    output = workspace.results / f"{values['run_name']}_notebook.ipynb"
+    run_notebook(NOTEBOOK, values, output=output, timeout=args.timeout, echo=True)
+    name = values["run_name"]
     print(
         f"\nDemo finished. Everything it wrote is under {workspace.root}:\n"
-        f"  config:      {workspace.configs / (config.run_name + '.json')}\n"
-        f"  checkpoints: {result.checkpoint_dir}\n"
-        f"  results:     {workspace.results} (dashboard PNG, metrics CSV, live plot)\n"
+        f"  executed notebook: {output}\n"
+        f"  dashboard:         {workspace.results / f'{name}_dashboard.png'}\n"
+        f"  checkpoints:       {workspace.checkpoints / str(name)}\n"
+        f"  config:            {workspace.configs / f'{name}.json'}\n"
         "Run it again and it reports the finished run; add --set epochs=5 to continue it."
     )
     return 0
 
 
 def _cmd_run_notebook(args: argparse.Namespace) -> int:
-    run_notebook(args.notebook, parse_sets(args.set), output=args.output, timeout=args.timeout)
+    run_notebook(args.notebook, parse_sets(args.set), output=args.output, timeout=args.timeout,
+                 echo=True)
     return 0
 
 
@@ -115,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--trust", action="store_true",
                          help="allow running a Transformer Builder Gist's model.py")
 
-    p_demo = sub.add_parser("demo", help="a short run on built-in defaults, no network needed")
-    common(p_demo)
+    p_demo = sub.add_parser("demo", help="run the notebook on built-in defaults (no network)")
+    p_demo.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="change a notebook form field, e.g. --set epochs=5")
+    p_demo.add_argument("--workspace", metavar="DIR", help="workspace folder (default ./workspace)")
+    p_demo.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     p_demo.set_defaults(func=_cmd_demo)
 
     add_search_command(sub)

@@ -48,14 +48,13 @@ class DataChoice:
         self.source = source
         self.settings: dict[str, Any] = {"data_source": source, "max_samples": max_samples}
 
-    def use(self, source: str, workspace: Any = None, preview: bool = True, **settings: Any) -> bool:
+    def use(self, source: str, workspace: Any = None, preview: bool = True, **settings: Any) -> None:
         if source != self.source:
             print(f"Skipped: data_source is {self.source!r}.")
-            return False
+            return
         self.settings.update(settings)
         if preview:
             self.preview(workspace)
-        return True
 
     def preview(self, workspace: Any = None, rows: int = 3) -> None:
         """Load the text now so a wrong path or column fails here, next to its form."""
@@ -160,6 +159,19 @@ def set_params(source: str, values: Mapping[str, Any]) -> tuple[str, set[str]]:
     return "\n".join(lines), used
 
 
+def _echo_cell(cell: Any, cell_index: int, execute_reply: Any = None) -> None:
+    if cell.cell_type != "code":
+        return
+    title = cell.source.splitlines()[0].removeprefix("# @title ").split(" {")[0]
+    print(f"[{title}]", flush=True)
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream" and out.name == "stdout":
+            for line in out.text.rstrip().splitlines():
+                print(f"    {line}", flush=True)
+        elif out.output_type == "error":
+            print(f"    {out.ename}: {out.evalue}", flush=True)
+
+
 def _coerce(name: str, value: Any, old: Any) -> Any:
     """Give a ``--set`` string the type of the form field it replaces."""
     if not isinstance(value, str) or isinstance(old, str):
@@ -198,8 +210,10 @@ def run_notebook(
     output: str | Path | None = None,
     timeout: int = 1800,
     cwd: str | Path | None = None,
+    echo: bool = False,
 ) -> Path:
-    """Execute the notebook top to bottom with a real kernel and save the executed copy."""
+    """Execute the notebook top to bottom with a real kernel and save the executed copy.
+    ``echo`` prints each cell's title and printed output as it finishes (for terminals)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -218,7 +232,8 @@ def run_notebook(
                            for name in sorted(unknown)], header="Bad --set value")
     output = Path(output) if output else notebook.with_name(notebook.stem + ".executed.ipynb")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or notebook.parent)}})
+                            resources={"metadata": {"path": str(cwd or notebook.parent)}},
+                            on_cell_executed=_echo_cell if echo else None)
     started = time.monotonic()
     try:
         client.execute()

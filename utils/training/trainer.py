@@ -202,7 +202,10 @@ class Trainer:
                 f"Run '{cfg.run_name}' already finished {self.epoch} epochs; nothing to train. "
                 "Raise `epochs` to continue it, or choose a new run_name."
             )
-            return self._result("already_finished", started)
+            result = self._result("already_finished", started)
+            for callback in self.callbacks:  # so trackers close the run row they reopened
+                callback.on_train_end(self, result)
+            return result
 
         for callback in self.callbacks:
             callback.on_train_start(self)

@@ -35,6 +35,7 @@ from datasets import Dataset, Features, Sequence, Value
 
 from ..workspace import TEMP_MARKER
 from .errors import DataError
+from .progress import progress_for
 from .sources import CACHE_META, Source
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -131,7 +132,15 @@ def encode_split(ds: Dataset, tokenizer: Tokenizer, desc: str) -> np.ndarray:
                 row.append(eos)
         return {"ids": ids}
 
-    out = ds.map(
+    with progress_for(len(ds)):
+        out = _map(ds, encode, dtype, desc)
+    flat = pc.list_flatten(out.data.column("ids"))
+    chunks = [c.to_numpy(zero_copy_only=False) for c in flat.chunks]
+    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.empty(0, dtype)
+
+
+def _map(ds: Any, encode: Any, dtype: Any, desc: str) -> Any:
+    return ds.map(
         encode,
         input_columns="text",
         batched=True,
@@ -145,9 +154,6 @@ def encode_split(ds: Dataset, tokenizer: Tokenizer, desc: str) -> np.ndarray:
         new_fingerprint=uuid.uuid4().hex,
         desc=desc,
     )
-    flat = pc.list_flatten(out.data.column("ids"))
-    chunks = [c.to_numpy(zero_copy_only=False) for c in flat.chunks]
-    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.empty(0, dtype)
 
 
 def read_cache(folder: str | os.PathLike[str]) -> CachedTokens:

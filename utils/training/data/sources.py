@@ -47,6 +47,7 @@ from huggingface_hub import constants as hub_constants
 
 from ..workspace import DRIVE_MOUNT_POINT, Workspace, in_colab, is_temp_name
 from .errors import DataError
+from .progress import progress_for
 from .synthetic import synthetic_text_data
 from .text import TEXT_SUFFIXES, find_files, looks_binary, read_text_files
 
@@ -404,8 +405,9 @@ def _text_only(ds: Dataset, column: str, where: str, split: str) -> Dataset:
     if column != "text":
         ds = ds.rename_column(column, "text")
     # In memory: only an index list is kept, and nothing is written next to the user's files.
-    ds = ds.filter(_has_text, input_columns="text", batched=True, keep_in_memory=True,
-                   desc=f"Dropping empty rows ({split})")
+    with progress_for(len(ds)):
+        ds = ds.filter(_has_text, input_columns="text", batched=True, keep_in_memory=True,
+                       desc=f"Dropping empty rows ({split})")
     if len(ds) == 0:
         raise DataError(f"The {split!r} split of {where} has no text: every row of column "
                         f"{column!r} is empty.")

@@ -1,0 +1,113 @@
+"""Run training.ipynb top to bottom with a real kernel, as *Run all* in Colab would (on CPU, fast
+mode, synthetic data), then check what it left behind, and that a second run of the same
+notebook reports the finished run instead of training again."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils.training.experiment_db import ExperimentDB
+from utils.training.notebook import parse_sets, run_notebook, set_params
+from utils.training.training_config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+FORM = {
+    "data_source": "synthetic", "run_name": "nb-run", "use_drive": False, "download": False,
+    "n_layers": 1, "n_heads": 2, "d_model": 32, "block_size": 32, "batch_size": 16,
+    "synthetic_tokens": 20000, "synthetic_vocab": 32, "mode": "fast", "epochs": 2,
+}
+
+
+def outputs_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(out.text)
+            elif out.output_type == "error":
+                parts.append(f"ERROR {out.ename}: {out.evalue}")
+            elif "text/plain" in out.get("data", {}):
+                parts.append(out.data["text/plain"])
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    home = tmp_path_factory.mktemp("nb")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRANSFORMER_TRAINING_HOME", str(home / "ws"))  # the kernel inherits it
+    mp.setenv("WANDB_MODE", "offline")
+    try:
+        first = run_notebook(ROOT / "training.ipynb", FORM, output=home / "first.ipynb",
+                             timeout=600, cwd=home)
+        second = run_notebook(ROOT / "training.ipynb", FORM, output=home / "second.ipynb",
+                              timeout=600, cwd=home)
+    finally:
+        mp.undo()
+    return home / "ws", nbformat.read(first, as_version=4), nbformat.read(second, as_version=4)
+
+
+@pytest.mark.slow
+def test_run_all_trains_and_leaves_every_artifact(executed):
+    ws, first, _ = executed
+    text = outputs_text(first)
+    assert "ERROR" not in text and "Traceback" not in text
+    assert "Found a checkpoint" not in text and "starting from scratch" in text
+    with ExperimentDB(ws / "experiments.db", verbose=False) as db:
+        runs = db.list_runs()
+        assert list(runs["name"]) == ["nb-run"]
+        assert runs.iloc[0]["status"] == "completed" and runs.iloc[0]["epochs"] == 2
+    assert any((ws / "checkpoints" / "nb-run").glob("step-*.pt"))
+    assert (ws / "checkpoints" / "nb-run" / "tokenizer.json").is_file()
+    assert (ws / "results" / "nb-run_dashboard.png").stat().st_size > 50_000
+    assert (ws / "results" / "nb-run_metrics.csv").read_text().count("\n") == 3  # header + 2
+    assert json.loads((ws / "configs" / "nb-run.json").read_text())["epochs"] == 2
+    bundle = ws / "results" / "bundles" / "nb-run"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= {
+        p.name for p in bundle.iterdir()}
+    with zipfile.ZipFile(ws / "results" / "archives" / "nb-run.zip") as archive:
+        names = archive.namelist()
+    assert "nb-run/nb-run_dashboard.png" in names and "nb-run/bundle/model.safetensors" in names
+
+
+@pytest.mark.slow
+def test_run_all_again_reports_the_finished_run(executed):
+    ws, _, second = executed
+    text = outputs_text(second)
+    assert "ERROR" not in text
+    assert "already finished 2 epochs" in text
+    with ExperimentDB(ws / "experiments.db", verbose=False) as db:
+        assert len(db.list_runs()) == 1  # the same run row, not a second one
+
+
+@pytest.mark.slow
+def test_no_output_a_person_cannot_act_on(executed):
+    _, first, _ = executed
+    text = outputs_text(first)
+    for noise in ("Warning", "warn(", "IProgress not found", "Dropping empty rows"):
+        assert noise not in text, noise
+
+
+def test_set_params_replaces_form_values_with_their_types():
+    source = 'lr = 0.001  # @param {type:"number"}\nname = "a"  # @param {type:"string"}\nx = 1'
+    new, used = set_params(source, {"lr": "0.5", "name": "b c"})
+    assert used == {"lr", "name"}
+    assert new.splitlines()[0] == 'lr = 0.5  # @param {type:"number"}'
+    assert new.splitlines()[1] == "name = 'b c'  # @param {type:\"string\"}"
+    assert new.splitlines()[2] == "x = 1"
+    flag, _ = set_params('on = False  # @param {type:"boolean"}', {"on": "yes"})
+    assert flag.startswith("on = True")
+    with pytest.raises(ConfigError, match="epochs = 'many'"):
+        set_params('epochs = 3  # @param {type:"integer"}', {"epochs": "many"})
+
+
+def test_unknown_form_field_is_rejected_before_running(tmp_path):
+    with pytest.raises(ConfigError, match="no_such_field"):
+        run_notebook(ROOT / "training.ipynb", {"no_such_field": "1"}, output=tmp_path / "x.ipynb")
+    with pytest.raises(ConfigError, match="name=value"):
+        parse_sets(["epochs"])
