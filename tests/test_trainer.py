@@ -343,3 +343,26 @@ def test_compiled_model_trains_and_checkpoints_without_prefix(tiny_config, works
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
     prepared = prepare(tiny_config(epochs=1))
     prepared.model.load_state_dict(state["model"])  # strict: every key matches
+
+
+def test_resume_restores_the_runs_tokenizer_when_the_token_cache_is_gone(tiny_config, workspace,
+                                                                         tmp_path, monkeypatch):
+    import shutil
+
+    from utils.training.data import loaders
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n"
+                            for i in range(400)))
+    config = tiny_config(data_source="local", data_path=str(text), tokenizer="bpe",
+                         vocab_size=300, epochs=2, run_name="bpe-run")
+    fit(config, workspace, [StopAt(epoch=1)])
+    shutil.rmtree(workspace.datasets)  # a wiped cache: the BPE would have to be trained again
+    workspace.datasets.mkdir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a resumed run must reuse its saved tokenizer, not train a new one")
+
+    monkeypatch.setattr(loaders, "build_tokenizer", no_training)
+    _, result = fit(config, workspace)
+    assert result.epochs_completed == 2

@@ -16,7 +16,7 @@ from torch import nn
 
 from .callbacks import Callback
 from .checkpoints import seed_everything
-from .data import TokenData, load_token_data, make_dataloaders
+from .data import TokenData, load_token_data, load_tokenizer, make_dataloaders
 from .models import model_from_config
 from .trainer import Trainer
 from .training_config import TrainingConfig
@@ -66,7 +66,7 @@ def prepare(
     if workspace is not None:
         config.save(workspace.configs)
     if data is None:
-        data = load_token_data(config, workspace)
+        data = load_token_data(config, workspace, tokenizer=_saved_tokenizer(config, workspace))
     train_loader, val_loader = make_dataloaders(
         data.train_ids, data.val_ids, config.block_size, config.batch_size, config.seed,
         pin_memory=torch.cuda.is_available(),
@@ -80,3 +80,13 @@ def prepare(
         # Next to the checkpoints: the run's ids mean nothing without the tokenizer that made them.
         data.tokenizer.save(workspace.run_dir(config.run_name) / "tokenizer.json")
     return Prepared(config, workspace, data, model, train_loader, val_loader)
+
+
+def _saved_tokenizer(config: TrainingConfig, workspace: Workspace | None) -> Any:
+    """The tokenizer a run being resumed was trained with, if it has one next to checkpoints."""
+    if workspace is None or config.resume == "never":
+        return None
+    path = workspace.run_dir(config.run_name) / "tokenizer.json"
+    if not path.is_file() or not any(path.parent.glob("*.pt")):
+        return None
+    return load_tokenizer(path)

@@ -233,12 +233,14 @@ def make_dataloaders(
     return loader(train_blocks, train_sampler), loader(val_blocks, val_sampler)
 
 
-def load_token_data(config: Any, workspace: Any = None) -> TokenData:
+def load_token_data(config: Any, workspace: Any = None, tokenizer: Any = None) -> TokenData:
     """Text from config.data_source -> tokenizer -> one flat id stream per split.
 
     With a workspace the streams are cached under workspace.datasets (see cache.py), and a
     second call with the same data settings loads them instead of tokenizing again. Without
-    one nothing is written.
+    one nothing is written. ``tokenizer``: use this one instead of building one (a resumed run
+    passes the tokenizer saved next to its checkpoints, so its ids keep their meaning even when
+    the token cache is gone).
     """
     source = resolve_source(config, workspace)
     if source.kind == "cache":
@@ -250,9 +252,9 @@ def load_token_data(config: Any, workspace: Any = None) -> TokenData:
     texts = read_source(source, config)
     known_entropy = None
     if source.kind == "synthetic":
-        tokenizer: Any = IdentityTokenizer(int(config.vocab_size))
+        tokenizer = IdentityTokenizer(int(config.vocab_size))
         known_entropy = synthetic_chain(config).entropy_rate()
-    else:
+    elif tokenizer is None:
         train_text = texts["train"]
         batches = (b["text"] for b in train_text.iter(batch_size=1000))
         tokenizer = build_tokenizer(config, batches)
