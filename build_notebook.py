@@ -167,6 +167,8 @@ seed = 1337  # @param {type:"integer"}
 checkpoint_every_epochs = 1  # @param {type:"integer"}
 checkpoint_every_minutes = 20.0  # @param {type:"number"}
 early_stopping_patience = 0  # @param {type:"integer"}
+# @markdown **Samples** printed after each epoch
+sample_prompt = ""  # @param {type:"string"}
 config = TrainingConfig(
     run_name=run_name, tokenizer=tokenizer, vocab_size=vocab_size, n_layers=n_layers,
     n_heads=n_heads, d_model=d_model, block_size=block_size, dropout=dropout,
@@ -175,7 +177,7 @@ config = TrainingConfig(
     precision=precision, compile=compile_model, seed=seed,
     checkpoint_every_epochs=checkpoint_every_epochs,
     checkpoint_every_minutes=checkpoint_every_minutes,
-    early_stopping_patience=early_stopping_patience,
+    early_stopping_patience=early_stopping_patience, sample_prompt=sample_prompt,
 ).replace(**data.settings)
 """),
         code("3.2 Training mode and time estimate", """
@@ -233,7 +235,7 @@ best = session.best_epoch_report()
 """),
         code("6.3 Metrics table and CSV", """
 metrics_csv = session.save_metrics_csv()
-display(session.tracker.get_summary())
+display(session.tracker.get_summary().round(4))
 """),
         code("6.4 GPU utilisation", """
 session.show_hardware_report()

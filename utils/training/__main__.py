@@ -36,6 +36,7 @@ def demo_form() -> dict[str, object]:
         "data_source": "local", "local_path": str(stdlib / "[a-c]*.py"), "max_samples": 40,
         "tokenizer": "byte", "n_layers": 4, "n_heads": 4, "d_model": 128, "block_size": 128,
         "batch_size": 16, "learning_rate": 0.002, "mode": "fast", "epochs": 3,
+        "sample_prompt": "def ",
     }
 
 
