@@ -366,3 +366,24 @@ def test_resume_restores_the_runs_tokenizer_when_the_token_cache_is_gone(tiny_co
     monkeypatch.setattr(loaders, "build_tokenizer", no_training)
     _, result = fit(config, workspace)
     assert result.epochs_completed == 2
+
+
+def test_resume_never_refuses_to_mix_a_new_run_into_old_checkpoints(tiny_config, workspace):
+    fit(tiny_config(epochs=1), workspace)
+    with pytest.raises(CheckpointError, match="already has checkpoints.*new run_name"):
+        fit(tiny_config(epochs=1, resume="never"), workspace)
+
+
+def test_resume_with_more_epochs_says_the_schedule_changes(tiny_config, workspace, capsys):
+    fit(tiny_config(epochs=1), workspace)
+    prepared = prepare(tiny_config(epochs=2), workspace)
+    prepared.trainer(progress=False).resume()
+    out = capsys.readouterr().out
+    assert "Resuming with changed settings: epochs 1 -> 2" in out
+    assert "re-stretched" in out
+
+
+def test_multi_process_launch_is_refused_loudly(tiny_config, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="not built yet"):
+        prepare(tiny_config()).trainer()

@@ -110,8 +110,11 @@ def test_colab_mount_success_uses_drive_root_and_local_staging(
     monkeypatch.setattr(ws_mod, "DRIVE_STAGING", tmp_path / "staging")
     ws = Workspace.setup()
     assert len(calls) == 1 and ws.on_drive
-    assert ws.root == tmp_path / "drive" / "TT" and ws.staging == tmp_path / "staging"
+    assert ws.root == tmp_path / "drive" / "TT" and ws.staging.parent == tmp_path / "staging"
     assert all((ws.root / n).is_dir() for n in SUBFOLDERS) and ws.staging.is_dir()
+    monkeypatch.setattr(ws_mod, "DRIVE_MOUNT_POINT", tmp_path / "drive")
+    other = Workspace.setup(tmp_path / "drive" / "Other", verbose=False)
+    assert other.on_drive and other.staging != ws.staging  # two Drive workspaces never share live files
     assert "(Google Drive)" in capsys.readouterr().out
 
     dest = ws.atomic_write(ws.results / "summary.csv", lambda p: p.write_text("a,b\n"))

@@ -10,7 +10,6 @@ Python values only, and loading a checkpoint never runs code.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -99,11 +98,9 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path, staging: Path | 
     payload = {**state, "format": FORMAT_VERSION, "complete": True}
     path = Path(path)
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> None:  # atomic_write fsyncs the finished file before the rename
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     try:
         return atomic_write(path, write, staging=staging)
@@ -129,7 +126,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "checkpoint before it (resume='auto' skips it by itself)."
         ) from exc
     if not isinstance(state, dict) or not state.get("complete"):
-        raise CheckpointError(f"Checkpoint {path} is incomplete (no completion marker); delete it.")
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by this library (no completion marker). Point "
+            "resume at a file from checkpoints/<run_name>/, or use resume='auto'."
+        )
     if state.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"Checkpoint {path} has format {state.get('format')!r}; this version reads "

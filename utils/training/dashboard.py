@@ -63,7 +63,7 @@ def _thousands(value: float, _pos: Any = None) -> str:
     return f"{value / 1000:g}k" if abs(value) >= 1000 else f"{value:g}"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -226,7 +226,7 @@ class TrainingDashboard:
         outcome.append(f"{len(self.summary)} epoch{'' if len(self.summary) == 1 else 's'}")
         seconds = column_values(self.summary, M.EPOCH_DURATION)
         if seconds is not None:
-            outcome.append(f"{_duration(float(np.nansum(seconds)))} training")
+            outcome.append(f"{format_duration(float(np.nansum(seconds)))} training")
         lines = [self.run_name or "training run", "  |  ".join(parts + outcome)]
         return "\n".join(line for line in lines if line)
 

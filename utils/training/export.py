@@ -176,7 +176,7 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str
     return tensors, aliases
 
 
-def _source_folder(config: TrainingConfig, session: Any) -> Path:
+def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -> Path:
     """Where an exported (Transformer Builder) model's own files are."""
     info = getattr(getattr(session, "model", None), "source_info", None) or {}
     if info.get("folder"):
@@ -186,8 +186,14 @@ def _source_folder(config: TrainingConfig, session: Any) -> Path:
         return Path(src.folder)
     from .models.export_source import default_cache_dir
 
-    cached = sorted((default_cache_dir() / "gists").glob(f"{src.gist_id}-*"),
-                    key=lambda p: p.stat().st_mtime)
+    # Training caches Gists in the workspace (they survive a new VM there); the temp cache is
+    # where a bare load_exported_model call puts them. A pinned revision must match exactly.
+    pattern = f"{src.gist_id}-{src.revision}" if src.revision else f"{src.gist_id}-*"
+    cached = []
+    for base in (workspace.root / "models", default_cache_dir()):
+        cached = sorted((base / "gists").glob(pattern), key=lambda p: p.stat().st_mtime)
+        if cached:
+            break
     if not cached:
         raise ExportError(f"The files of Gist {src.gist_id} are not cached on this machine; "
                           "pass the TrainingSession to export_bundle, or load the model once "
@@ -252,7 +258,7 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None) 
         tokenizer.save(tmp / "tokenizer.json")
         source = ""
         if config.model_source != "builtin":
-            folder = _source_folder(config, session)
+            folder = _source_folder(config, session, workspace)
             (tmp / MODEL_SOURCE_DIR).mkdir()
             for file in sorted(folder.iterdir()):
                 if file.is_file() and file.suffix in (".py", ".json"):

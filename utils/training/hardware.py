@@ -7,12 +7,11 @@ to guess why a run is slow or why it uses a grad scaler.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from .training_config import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,3 @@ def configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -20,7 +20,8 @@ from .training_config import MODES, ConfigError, TrainingConfig, mode_for_epochs
 PARAM_LINE = re.compile(r"^(?P<name>[A-Za-z_]\w*) = (?P<value>.+?)(?P<rest>  # @param .+)$")
 
 
-def _display(obj: Any) -> None:
+def show(obj: Any) -> None:
+    """Display in a notebook (figures, tables, HTML cards); print elsewhere."""
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -44,7 +45,7 @@ class DataChoice:
         from .training_config import DATA_SOURCES
 
         if source not in DATA_SOURCES:
-            raise ConfigError([f"- data_source = {source!r}: choose one of {', '.join(DATA_SOURCES)}"])
+            raise ConfigError([f"data_source = {source!r}: choose one of {', '.join(DATA_SOURCES)}"])
         self.source = source
         self.settings: dict[str, Any] = {"data_source": source, "max_samples": max_samples}
 
@@ -75,7 +76,7 @@ class DataChoice:
 def apply_mode(config: TrainingConfig, mode: str, epochs: int = 0) -> TrainingConfig:
     """A mode's default number of epochs, or the user's own; says so when they disagree."""
     if mode not in MODES:
-        raise ConfigError([f"- mode = {mode!r}: choose one of {', '.join(MODES)}"])
+        raise ConfigError([f"mode = {mode!r}: choose one of {', '.join(MODES)}"])
     if epochs <= 0:
         epochs = TrainingConfig.preset(mode).epochs
     config = config.replace(epochs=epochs)
@@ -89,7 +90,7 @@ def show_recent_runs(db: Any, limit: int = 10) -> None:
     if runs.empty:
         print("No runs yet: this will be the first in the experiment history.")
     else:
-        _display(runs)
+        show(runs)
 
 
 # ---------------------------------------------------------------------- results cells
@@ -116,10 +117,10 @@ def show_run_comparison(db: Any, last: int = 5) -> None:
     if runs.empty:
         print("No runs to compare yet.")
         return
-    _display(run_comparison_table(db, last=last))
+    show(run_comparison_table(db, last=last))
     ids = list(runs["id"])[::-1]
     if len(ids) > 1:
-        _display(plot_run_comparison(db.compare_runs(ids)))
+        show(plot_run_comparison(db.compare_runs(ids)))
 
 
 def show_search_results(search: Any, *, train_best: bool = False, workspace: Any = None,
@@ -128,9 +129,9 @@ def show_search_results(search: Any, *, train_best: bool = False, workspace: Any
     if search is None:
         print("No search this time (tick run_search_now in 8.1 to run one).")
         return None
-    _display(search.trials)
+    show(search.trials)
     for figure in search.figures().values():
-        _display(figure)
+        show(figure)
     if not train_best:
         print(f"Best: {search.summary()}\nTick train_best to train {search.best_config.run_name!r}.")
         return None
@@ -188,7 +189,7 @@ def _coerce(name: str, value: Any, old: Any) -> Any:
             return float(value)
     except ValueError as exc:
         raise ConfigError(
-            [f"- {name} = {value!r}: the form field is a {type(old).__name__}"],
+            [f"{name} = {value!r}: the form field is a {type(old).__name__}"],
             header="Bad --set value",
         ) from exc
     return value
@@ -199,7 +200,7 @@ def parse_sets(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise ConfigError([f"- {pair!r}: write --set name=value"], header="Bad --set value")
+            raise ConfigError([f"{pair!r}: write --set name=value"], header="Bad --set value")
         values[name.strip()] = value
     return values
 
@@ -228,7 +229,7 @@ def run_notebook(
             used |= found
     unknown = set(values) - used
     if unknown:
-        raise ConfigError([f"- {name}: no form field of that name in {notebook.name}"
+        raise ConfigError([f"{name}: no form field of that name in {notebook.name}"
                            for name in sorted(unknown)], header="Bad --set value")
     output = Path(output) if output else notebook.with_name(notebook.stem + ".executed.ipynb")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",

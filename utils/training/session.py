@@ -16,10 +16,11 @@ from typing import Any
 from torch import nn
 
 from .callbacks import Callback
-from .dashboard import TrainingDashboard
+from .dashboard import TrainingDashboard, format_duration
 from .data import TokenData, load_token_data
 from .live_plotting import LivePlotter
 from .metrics_tracker import MetricsTracker
+from .notebook import show as display_object
 from .pipeline import prepare
 from .trainer import Trainer, TrainingDivergedError, TrainingResult
 from .training_config import TrainingConfig
@@ -123,7 +124,7 @@ class TrainingSession:
         self.artifacts["dashboard"] = saved
         self._log_artifact("dashboard", saved)
         if show:
-            _show(dashboard.figure)
+            display_object(dashboard.figure)
         print(f"Dashboard saved to {saved}")
         return saved
 
@@ -157,7 +158,7 @@ class TrainingSession:
         if not any(str(c).startswith("gpu/") for c in summary.columns):
             print("CPU run: no GPU metrics to plot. Throughput and process memory instead "
                   "(Runtime > Change runtime type > GPU for a faster run):")
-        _show(self.dashboard().plot_panel("hardware"))
+        display_object(self.dashboard().plot_panel("hardware"))
 
     def _log_artifact(self, kind: str, path: Path) -> None:
         if self.db is not None and self.tracker.run_id is not None:
@@ -183,12 +184,12 @@ class TimeEstimate:
     def __str__(self) -> str:
         lines = [
             f"Measured {self.seconds_per_step:.3f} s per optimizer step on {self.device}: "
-            f"about {_duration(self.seconds_per_epoch)} per epoch, "
-            f"{_duration(self.total_seconds)} for {self.epochs} epochs.",
+            f"about {format_duration(self.seconds_per_epoch)} per epoch, "
+            f"{format_duration(self.total_seconds)} for {self.epochs} epochs.",
         ]
         for mode in ("fast", "balanced", "quality"):
             epochs = TrainingConfig.preset(mode).epochs
-            lines.append(f"  {mode:9s} ({epochs:2d} epochs): ~{_duration(self.seconds_per_epoch * epochs)}")
+            lines.append(f"  {mode:9s} ({epochs:2d} epochs): ~{format_duration(self.seconds_per_epoch * epochs)}")
         return "\n".join(lines)
 
 
@@ -207,24 +208,3 @@ def estimate_training_time(
     if verbose:
         print(estimate)
     return estimate
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _show(figure: Any) -> None:
-    """Display a figure in a notebook; elsewhere the saved file is what counts."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(figure)

@@ -9,6 +9,7 @@ unscaling, warmup + cosine, evaluation, early stopping, a NaN guard, checkpoints
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -131,6 +132,11 @@ class Trainer:
         progress: bool = True,
         verbose: bool = True,
     ) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RuntimeError(
+                "This Trainer runs on one device; multi-process (torchrun/DDP) training is not "
+                "built yet. Run it without torchrun."
+            )
         self.config = config
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -182,6 +188,7 @@ class Trainer:
                 staging=workspace.staging,
             )
         self.last_checkpoint: Path | None = None
+        self._saved_step = -1
         self._resumed_from: Path | None = None
         self._resume_checked = False
 
@@ -218,7 +225,8 @@ class Trainer:
                 if self.should_stop:
                     status = "early_stopped" if self._early_stopped else "stopped"
                     break
-        self._save("final")
+        if self._saved_step != self.global_step:  # the last epoch's checkpoint usually is it
+            self._save("final")
         result = self._result(status, started)
         for callback in self.callbacks:
             callback.on_train_end(self, result)
@@ -235,9 +243,8 @@ class Trainer:
         for index, (inputs, targets) in enumerate(self.val_loader):
             if limit is not None and index >= limit:
                 break
-            batch_loss, batch_tokens = self._loss(inputs, targets)
-            loss_sum += batch_loss.double()
-            tokens += batch_tokens
+            loss_sum += self._loss(inputs, targets).double()
+            tokens += (targets != IGNORE_INDEX).sum().to(self.device)
         self.model.train()
         count = int(tokens.item())
         loss = loss_sum.item() / count if count else math.nan
@@ -332,8 +339,7 @@ class Trainer:
         group_tokens = sum(int((t != IGNORE_INDEX).sum()) for _, t in group)
         loss_total = torch.zeros((), device=self.device)
         for inputs, targets in group:
-            loss_sum, _ = self._loss(inputs, targets)
-            loss = loss_sum / group_tokens
+            loss = self._loss(inputs, targets) / group_tokens
             self.scaler.scale(loss).backward()
             loss_total += loss.detach()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -373,8 +379,8 @@ class Trainer:
             M.LEARNING_RATE: lr, M.GRAD_NORM: norm_value, M.TOKENS: group_tokens,
         }
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy and the number of target tokens it covers."""
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy summed over the target tokens (ignored positions excluded)."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         with self._autocast():
@@ -384,7 +390,7 @@ class Trainer:
             logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
             ignore_index=IGNORE_INDEX, reduction="sum",
         )
-        return loss_sum, (targets != IGNORE_INDEX).sum()
+        return loss_sum
 
     def _autocast(self):
         dtype = self.precision.autocast_dtype
@@ -551,6 +557,7 @@ class Trainer:
             return None
         self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
                                                      self.global_step)
+        self._saved_step = self.global_step
         return self.last_checkpoint
 
     def resume(self) -> Path | None:
@@ -561,6 +568,12 @@ class Trainer:
             return self._resumed_from
         self._resume_checked = True
         cfg = self.config
+        if cfg.resume == "never" and self.checkpoints is not None and self.checkpoints.files():
+            raise CheckpointError(
+                f"Run '{cfg.run_name}' already has checkpoints in {self.checkpoints.directory}, "
+                "and resume='never' would mix a new run into them. Choose a new run_name, or "
+                "resume='auto' to continue that run, or delete the folder to start it over."
+            )
         if cfg.resume == "never" or (cfg.resume == "auto" and self.checkpoints is None):
             return None
         if cfg.resume == "auto":
@@ -591,6 +604,12 @@ class Trainer:
                 + "; ".join(diffs) + "). Use the same settings to resume, or a new run_name / "
                 "resume='never' to start a new run."
             )
+        changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in current.items()
+                   if k in saved and saved[k] != v and k not in ("resume", *_SHAPE_FIELDS)]
+        if changed:
+            note = ("; the learning-rate schedule is re-stretched over the new total"
+                    if "epochs" in saved and saved["epochs"] != current["epochs"] else "")
+            self._say(f"Resuming with changed settings: {', '.join(changed)}{note}.")
         if state["progress"]["batch_in_epoch"] > self.micro_batches_per_epoch:
             raise CheckpointError(
                 f"Checkpoint {path} stopped {state['progress']['batch_in_epoch']} batches into an "

@@ -8,6 +8,7 @@ Stdlib only: this module sits on the lowest floor and must import without torch 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -158,10 +159,17 @@ class Workspace:
             failure = _mount_drive()
             if failure is None:
                 drive_root = Path(root) if root is not None else DRIVE_ROOT
-                ws = cls(root=drive_root, on_drive=True, staging=DRIVE_STAGING)
+                # One staging folder per Drive root: two workspaces in one session must never
+                # share a live database or study file (the second would sync over the first).
+                tag = hashlib.sha1(str(drive_root).encode()).hexdigest()[:8]
+                ws = cls(root=drive_root, on_drive=True, staging=DRIVE_STAGING / tag)
             else:
                 note = f"{failure}; files will be lost when the Colab session ends"
         if ws is None:
+            # A Drive path that could not be mounted must not become a local folder under the
+            # mount point: Colab refuses to mount over a non-empty folder later.
+            if root is not None and _is_under(Path(root), DRIVE_MOUNT_POINT):
+                root = None
             local_root, why = _local_root(root)
             if not note:
                 if colab and not mount_drive:
