@@ -1,124 +1,90 @@
 """Train a transformer from a Colab notebook (or a shell) on a tested library.
 
-The public names, nothing else; see DESIGN.md for what each floor of the package does.
+The public names, nothing else; see DESIGN.md for what each floor of the package does. Names are
+imported on first use (PEP 562), so importing one light module (the config, the plots) does not
+pull in torch, datasets and optuna, and the command line starts fast.
 """
 
-from .callbacks import Callback
-from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint, seed_everything
-from .dashboard import TrainingDashboard, comparison_table, plot_run_comparison
-from .data import (
-    ByteTokenizer,
-    DataError,
-    MarkovChain,
-    TokenData,
-    build_tokenizer,
-    load_text_data,
-    load_token_data,
-    load_tokenizer,
-    make_dataloaders,
-)
-from .experiment_db import ExperimentDB, ExperimentDBError
-from .export import (
-    ExportError,
-    download,
-    export_archive,
-    export_bundle,
-    export_summary,
-    generate_text,
-    load_bundle,
-    run_comparison_table,
-)
-from .hardware import Precision, choose_precision
-from .live_plotting import LivePlotter
-from .metrics_tracker import MetricsTracker
-from .models import (
-    GPT,
-    ExportedModel,
-    GPTConfig,
-    ModelLoadError,
-    build_model,
-    generate,
-    load_exported_model,
-    model_from_config,
-)
-from .notebook import (
-    DataChoice,
-    apply_mode,
-    export_run,
-    run_notebook,
-    show_recent_runs,
-    show_run_comparison,
-    show_search_results,
-)
-from .pipeline import Prepared, prepare
-from .search import SearchError, SearchResult, SearchSpaceError, run_search
-from .session import TimeEstimate, TrainingSession, estimate_training_time
-from .trainer import Trainer, TrainingDivergedError, TrainingResult
-from .training_config import ConfigError, TrainingConfig
-from .wandb_setup import init_wandb
-from .workspace import Workspace
+from __future__ import annotations
 
-__all__ = [
-    "GPT",
-    "ByteTokenizer",
-    "Callback",
-    "CheckpointError",
-    "CheckpointManager",
-    "ConfigError",
-    "DataChoice",
-    "DataError",
-    "ExperimentDB",
-    "ExperimentDBError",
-    "ExportError",
-    "ExportedModel",
-    "GPTConfig",
-    "LivePlotter",
-    "MarkovChain",
-    "MetricsTracker",
-    "ModelLoadError",
-    "Precision",
-    "Prepared",
-    "SearchError",
-    "SearchResult",
-    "SearchSpaceError",
-    "TimeEstimate",
-    "TokenData",
-    "Trainer",
-    "TrainingConfig",
-    "TrainingDashboard",
-    "TrainingDivergedError",
-    "TrainingResult",
-    "TrainingSession",
-    "Workspace",
-    "apply_mode",
-    "build_model",
-    "build_tokenizer",
-    "choose_precision",
-    "comparison_table",
-    "download",
-    "estimate_training_time",
-    "export_archive",
-    "export_bundle",
-    "export_run",
-    "export_summary",
-    "generate",
-    "generate_text",
-    "init_wandb",
-    "load_bundle",
-    "load_checkpoint",
-    "load_exported_model",
-    "load_text_data",
-    "load_token_data",
-    "load_tokenizer",
-    "make_dataloaders",
-    "model_from_config",
-    "plot_run_comparison",
-    "prepare",
-    "run_comparison_table",
-    "run_notebook",
-    "run_search",
-    "seed_everything",
-    "show_recent_runs",
-    "show_run_comparison",
-    "show_search_results",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "apply_mode": ".notebook",
+    "build_model": ".models",
+    "build_tokenizer": ".data",
+    "ByteTokenizer": ".data",
+    "Callback": ".callbacks",
+    "CheckpointError": ".checkpoints",
+    "CheckpointManager": ".checkpoints",
+    "choose_precision": ".hardware",
+    "comparison_table": ".dashboard",
+    "ConfigError": ".training_config",
+    "DataChoice": ".notebook",
+    "DataError": ".data",
+    "download": ".export",
+    "estimate_training_time": ".session",
+    "ExperimentDB": ".experiment_db",
+    "ExperimentDBError": ".experiment_db",
+    "export_archive": ".export",
+    "export_bundle": ".export",
+    "export_run": ".notebook",
+    "export_summary": ".export",
+    "ExportedModel": ".models",
+    "ExportError": ".export",
+    "generate": ".models",
+    "generate_text": ".export",
+    "GPT": ".models",
+    "GPTConfig": ".models",
+    "init_wandb": ".wandb_setup",
+    "LivePlotter": ".live_plotting",
+    "load_bundle": ".export",
+    "load_checkpoint": ".checkpoints",
+    "load_exported_model": ".models",
+    "load_text_data": ".data",
+    "load_token_data": ".data",
+    "load_tokenizer": ".data",
+    "make_dataloaders": ".data",
+    "MarkovChain": ".data",
+    "MetricsTracker": ".metrics_tracker",
+    "model_from_config": ".models",
+    "ModelLoadError": ".models",
+    "plot_run_comparison": ".dashboard",
+    "Precision": ".hardware",
+    "prepare": ".pipeline",
+    "Prepared": ".pipeline",
+    "run_comparison_table": ".export",
+    "run_notebook": ".notebook",
+    "run_search": ".search",
+    "SearchError": ".search",
+    "SearchResult": ".search",
+    "SearchSpaceError": ".search",
+    "seed_everything": ".checkpoints",
+    "show_recent_runs": ".notebook",
+    "show_run_comparison": ".notebook",
+    "show_search_results": ".notebook",
+    "TimeEstimate": ".session",
+    "TokenData": ".data",
+    "Trainer": ".trainer",
+    "TrainingConfig": ".training_config",
+    "TrainingDashboard": ".dashboard",
+    "TrainingDivergedError": ".trainer",
+    "TrainingResult": ".trainer",
+    "TrainingSession": ".session",
+    "Workspace": ".workspace",
+}
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = sorted(_WHERE)

@@ -1,0 +1,60 @@
+"""DESIGN.md's floors: a module never imports one on a higher floor, and the light floors stay
+light (the config and the plots load without torch)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "utils" / "training"
+FLOORS = {
+    "training_config": 1, "workspace": 1, "callbacks": 1, "metric_names": 1,
+    "data": 2, "models": 2, "hardware": 2,
+    "checkpoints": 3, "experiment_db": 3, "db_schema": 3, "db_frames": 3,
+    "metrics_tracker": 3, "gpu": 3, "wandb_setup": 3,
+    "live_plotting": 4, "dashboard": 4, "comparison": 4,
+    "trainer": 5,
+    "pipeline": 6, "session": 6, "search": 6, "search_space": 6, "search_result": 6,
+    "export": 6, "notebook": 6, "__main__": 6, "__init__": 6,
+}
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imported_modules(path: Path) -> set[str]:
+    """First component of every relative import target (function-local imports included)."""
+    found = set()
+    package_parts = path.relative_to(PACKAGE).parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package_parts)[: len(package_parts) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [])
+            if parts:
+                found.add(parts[0])
+            else:  # "from . import x" at the top level
+                found |= {alias.name for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_higher_floor(path):
+    own = module_of(path)
+    assert own in FLOORS, f"{own} has no floor: add it here and to DESIGN.md"
+    for target in imported_modules(path) - {own}:
+        assert target in FLOORS, target
+        assert FLOORS[target] <= FLOORS[own], f"{own} (floor {FLOORS[own]}) imports {target} (floor {FLOORS[target]})"
+
+
+def test_config_workspace_and_plots_load_without_torch():
+    code = ("import sys, utils.training.training_config, utils.training.workspace, "
+            "utils.training.dashboard, utils.training.live_plotting; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
