@@ -207,7 +207,7 @@ def test_best_run_modes_and_filters(db):
         db.best_run(mode="lowest")
 
 
-def test_compare_runs_and_table(db):
+def test_compare_runs(db):
     a = db.start_run({"run_name": "x", "learning_rate": 1e-3, "epochs": 3, "seed": 1})
     log_epochs(db, a, [2.0, 1.5, 1.2])
     b = db.start_run({"run_name": "x", "learning_rate": 3e-4, "epochs": 3, "seed": 1})
@@ -219,11 +219,6 @@ def test_compare_runs_and_table(db):
     assert curves.index.name == "epoch" and curves.index.tolist() == [1, 2, 3]
     assert curves[f"x #{a}"].tolist() == [2.0, 1.5, 1.2]
     assert math.isnan(curves[f"x #{b}"].loc[3]) and curves["y"].isna().all()
-
-    table = db.compare_table([a, b, c])
-    assert table.index.tolist() == [a, b, c]
-    assert "learning_rate" in table.columns and "seed" not in table.columns  # only what differs
-    assert table.loc[a, "best_val_loss"] == 1.2 and table.loc[b, "epochs"] == 2
 
 
 def test_get_metrics_wide_has_the_tracker_frames_shapes(db):

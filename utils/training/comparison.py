@@ -16,58 +16,28 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import metric_names as M
+from .db_frames import wide_frame
 from .live_plotting import PlotError, column_values, enable_notebook_figures, epoch_axis
-
-# Metrics logged both per step and per epoch; every other name is one or the other.
-_BATCH_NAMES = (M.BATCH_LOSS, M.LEARNING_RATE, M.GRAD_NORM, M.TOKENS)
-# Config keys that label a run rather than change what it learns: left out of comparisons.
-_NOT_HYPERPARAMETERS = {
-    "run_name", "resume", "wandb_project", "wandb_entity", "wandb_tags", "wandb_notes",
-    "use_wandb", "checkpoint_every_epochs", "checkpoint_every_minutes", "keep_checkpoints",
-    "sample_prompt", "sample_tokens",
-}
-
+from .training_config import NOT_HYPERPARAMETERS
 
 # ---------------------------------------------------------------------- DB's long table -> frames
 
 
 def metrics_frames(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(per-epoch summary, per-step batch history) from the DB's long table.
-
-    Rows are ``name, value, step, epoch, wall_time``. ``learning_rate`` and ``grad_norm`` are
-    logged per step and per epoch under one name; the epoch's value is the last step's either
-    way, so both frames take the last row per key.
-    """
+    """(per-epoch summary, per-step batch history) from the DB's long table (``name, value,
+    step, epoch, wall_time``), in the tracker's shapes. Only finished epochs are kept."""
     needed = {"name", "value", "step", "epoch"}
     if not needed <= set(metrics.columns):
         raise PlotError(f"metrics table lacks columns {sorted(needed - set(metrics.columns))}; "
                         "expected ExperimentDB.get_metrics() output (name, value, step, epoch).")
     order = [c for c in ("step", "wall_time") if c in metrics.columns]
-    rows = metrics.sort_values(order, kind="stable") if order else metrics
-    batch_rows = rows[rows["name"].isin(_BATCH_NAMES) & rows["step"].notna()]
-    history = None
-    loss_steps = batch_rows.loc[batch_rows["name"] == M.BATCH_LOSS, "step"]
-    if len(loss_steps):
-        history = batch_rows.pivot_table(index="step", columns="name", values="value",
-                                         aggfunc="last", dropna=False)
-        history = history.loc[history.index.isin(loss_steps)]
-        epochs = batch_rows.groupby("step")["epoch"].last()
-        history.insert(0, M.EPOCH, epochs.reindex(history.index).to_numpy())
-        history = history.reset_index().rename(columns={"step": M.STEP})
-        history.columns.name = None
-    epoch_rows = rows[rows["epoch"].notna() & ~rows["name"].isin((M.BATCH_LOSS, M.TOKENS))]
-    if epoch_rows.empty:
-        summary = pd.DataFrame(columns=list(M.EPOCH_COLUMNS))
-    else:
-        summary = epoch_rows.pivot_table(index="epoch", columns="name", values="value",
-                                         aggfunc="last", dropna=False)
-        summary = summary.reset_index().rename(columns={"epoch": M.EPOCH})
-        summary.columns.name = None
-        # Only epochs that finished (an epoch row exists), not a half epoch's batch rows.
-        finished = [c for c in (M.TRAIN_LOSS, M.VAL_LOSS) if c in summary.columns]
-        if finished:
-            summary = summary[summary[finished].notna().any(axis=1)].reset_index(drop=True)
-    return summary, history
+    metrics = metrics.sort_values(order, kind="stable")  # an epoch row follows its batch rows
+    summary = wide_frame(metrics, "epoch")
+    finished = [c for c in (M.TRAIN_LOSS, M.VAL_LOSS) if c in summary.columns]
+    if finished:  # an epoch row exists, not just a half epoch's batch rows
+        summary = summary[summary[finished].notna().any(axis=1)].reset_index(drop=True)
+    has_batches = (metrics["name"] == M.BATCH_LOSS).any()
+    return summary, wide_frame(metrics, "step") if has_batches else None
 
 
 # ---------------------------------------------------------------------- comparing runs
@@ -160,7 +130,7 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], metric: str = M.VAL_LOSS
         configs.append(json.loads(config) if isinstance(config, str) else dict(config))
     keys: list[str] = []
     for config in configs:
-        keys += [k for k in config if k not in keys and k not in _NOT_HYPERPARAMETERS]
+        keys += [k for k in config if k not in keys and k not in NOT_HYPERPARAMETERS]
     differing = [k for k in keys
                  if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     rows = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pandas as pd
 
@@ -18,7 +17,6 @@ from . import metric_names as M
 
 METRIC_COLUMNS = ["name", "value", "step", "epoch", "wall_time"]
 BATCH_ONLY = (M.BATCH_LOSS, M.TOKENS)  # per-step names the per-epoch view leaves out
-STEP_NAMES = (M.BATCH_LOSS, M.LEARNING_RATE, M.GRAD_NORM, M.TOKENS)
 RUN_COLUMNS = ["id", "name", "status", "created", "finished", "updated", "tags", "study",
                "parent_run_id", "notes", "best", "best_epoch", "epochs"]
 
@@ -56,8 +54,8 @@ def wide_frame(long: pd.DataFrame, kind: str) -> pd.DataFrame:
         long = long[long["epoch"].notna() & ~long["name"].isin(BATCH_ONLY)]
         first = list(M.EPOCH_COLUMNS)
     else:
-        long = long[long["step"].notna() & long["name"].isin(STEP_NAMES)]
-        first = [M.STEP, M.EPOCH, *STEP_NAMES]
+        long = long[long["step"].notna() & long["name"].isin(M.STEP_METRICS)]
+        first = [M.STEP, M.EPOCH, *M.STEP_METRICS]
     last = long.drop_duplicates(subset=[kind, "name"], keep="last")
     wide = last.pivot(index=kind, columns="name", values="value").sort_index()
     if kind == "step":
@@ -104,12 +102,3 @@ def compare_frame(curves: Mapping[int, pd.DataFrame], names: Mapping[int, str],
     frame = pd.DataFrame(columns).sort_index()
     frame.index.name = kind
     return frame
-
-
-def differing_settings(configs: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
-    """The config values that differ between runs (run_name aside): the ones worth comparing."""
-    keys = list(dict.fromkeys(k for c in configs.values() for k in c))
-    differ = [k for k in keys if k != "run_name"
-              and len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
-    return pd.DataFrame({k: [c.get(k) for c in configs.values()] for k in differ},
-                        index=list(configs))

@@ -466,16 +466,6 @@ class ExperimentDB:
         curves = {i: self.get_metrics(i, [metric]) for i in ids}
         return F.compare_frame(curves, {i: self.get_run(i)["name"] for i in ids}, _kind(kind))
 
-    def compare_table(self, run_ids: Iterable[int | str], metric: str = M.VAL_LOSS,
-                      mode: str = "min") -> pd.DataFrame:
-        """One row per run: status, epochs, best ``metric`` and its epoch, and every
-        hyperparameter whose value differs between the runs."""
-        ids = [self._run_id(r) for r in run_ids]
-        runs = self.list_runs(metric=metric, mode=mode).set_index("id").loc[ids]
-        table = runs[["name", "status", "epochs", F.best_column(metric), "best_epoch"]]
-        settings = F.differing_settings({i: self.get_run(i)["config"] for i in ids})
-        return table.join(settings)
-
     # ------------------------------------------------------------------ Drive copies
 
     @classmethod

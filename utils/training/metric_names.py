@@ -23,6 +23,9 @@ EPOCH_DURATION = "epoch_duration"  # seconds of training in the epoch, evaluatio
 TOKENS_PER_SEC = "tokens_per_sec"
 MFU = "mfu"  # model FLOPs utilisation, 0..1; absent where the GPU's peak is unknown
 
+# Names logged per optimizer step (learning_rate and grad_norm are logged per epoch too).
+STEP_METRICS = (BATCH_LOSS, LEARNING_RATE, GRAD_NORM, TOKENS)
+
 EPOCH_COLUMNS = (
     EPOCH,
     TRAIN_LOSS,

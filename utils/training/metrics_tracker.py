@@ -42,7 +42,6 @@ GPU_SAMPLE_SECONDS = 5.0  # how often utilisation and power are read during an e
 WANDB_BATCH_SECONDS = 0.5
 _WALL_TIME = "wall_time"
 _BATCH_FIELDS = (*M.BATCH_COLUMNS, _WALL_TIME)
-_BATCH_DB_NAMES = (M.BATCH_LOSS, M.LEARNING_RATE, M.GRAD_NORM, M.TOKENS)
 _INT_COLUMNS = (M.STEP, M.EPOCH, M.TOKENS)
 # TrainingResult.status -> the run status stored in the database.
 _STATUS = {"completed": "completed", "early_stopped": "early_stopped", "stopped": "stopped",
@@ -198,7 +197,7 @@ class MetricsTracker(Callback):
         for i in range(self._flushed, n):
             step, epoch, wall = int(b[M.STEP][i]), int(b[M.EPOCH][i]), b[_WALL_TIME][i]
             rows.extend((run_id, name, b[name][i], step, epoch, wall)
-                        for name in _BATCH_DB_NAMES)
+                        for name in M.STEP_METRICS)
         self.db.log_metrics_many(rows)
         self._flushed = n
 

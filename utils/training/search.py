@@ -39,7 +39,7 @@ from .search_space import (
     parse_space,
 )
 from .trainer import TrainingDivergedError
-from .training_config import RUN_NAME_RE, TrainingConfig
+from .training_config import NOT_HYPERPARAMETERS, RUN_NAME_RE, TrainingConfig
 from .workspace import Workspace, atomic_write
 
 __all__ = [
@@ -56,11 +56,7 @@ GRACE_SECONDS = 180
 _TRIAL_SUFFIX = "-trial-00000"  # the longest suffix a study name must leave room for
 # Differences in these fields do not change what a trial measures, so continuing a study
 # with them changed is fine.
-_NOT_COMPARED = {
-    "run_name", "resume", "epochs", "compile", "use_wandb", "wandb_project", "wandb_entity",
-    "wandb_tags", "wandb_notes", "sample_prompt", "sample_tokens", "checkpoint_every_epochs",
-    "checkpoint_every_minutes", "keep_checkpoints",
-}
+_NOT_COMPARED = NOT_HYPERPARAMETERS | {"epochs", "compile"}
 
 
 # --------------------------------------------------------------------------- storage

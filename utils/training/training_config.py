@@ -32,6 +32,15 @@ _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 
 
+# Fields that label or bookkeep a run rather than change what it learns: comparisons of runs
+# and checks that a search study still measures the same thing leave them out.
+NOT_HYPERPARAMETERS = frozenset({
+    "run_name", "resume", "use_wandb", "wandb_project", "wandb_entity", "wandb_tags",
+    "wandb_notes", "checkpoint_every_epochs", "checkpoint_every_minutes", "keep_checkpoints",
+    "sample_prompt", "sample_tokens",
+})
+
+
 class ConfigError(ValueError):
     """A config a person got wrong; ``problems`` holds one line per problem, each with its fix."""
 
