@@ -18,6 +18,7 @@ from utils.training.pipeline import prepare
 from utils.training.trainer import (
     IGNORE_INDEX,
     Callback,
+    Trainer,
     TrainingDivergedError,
     lr_at,
 )
@@ -387,3 +388,21 @@ def test_multi_process_launch_is_refused_loudly(tiny_config, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="not built yet"):
         prepare(tiny_config()).trainer()
+
+
+def test_a_plain_dataloader_trains_and_resumes_mid_epoch(tiny_config, workspace):
+    """A user's own DataLoader (no resumable sampler): a resumed epoch skips what was seen."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 16, (64, 16))
+    loader = DataLoader(TensorDataset(x, torch.roll(x, -1, 1)), batch_size=8, shuffle=False)
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    prepared = prepare(config)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, prepared.model, loader, loader, [StopAt(step=11)], workspace,
+                progress=False, verbose=False).fit()
+    resumed = Trainer(config, prepare(config).model, loader, loader, (), workspace,
+                      progress=False, verbose=False)
+    result = resumed.fit()
+    assert result.global_step == 2 * len(loader)  # exactly the steps left, none repeated

@@ -8,6 +8,8 @@ unscaling, warmup + cosine, evaluation, early stopping, a NaN guard, checkpoints
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import os
 import signal
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 # Fields whose change makes an old checkpoint's weights unusable.
 _SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", "d_ff", "block_size")
+_BUILTIN_ONLY = ("n_layers", "n_heads", "d_model", "d_ff")  # an export's shape is its config.json
 
 
 class TrainingDivergedError(RuntimeError):
@@ -283,9 +286,7 @@ class Trainer:
 
     def _train_epoch(self, last_save: float) -> float:
         cfg = self.config
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        batches = self._epoch_batches()
         steps_done = self.batch_in_epoch // cfg.grad_accum_steps
         bar = tqdm(
             total=self.steps_per_epoch, initial=steps_done, disable=not self.progress,
@@ -294,7 +295,7 @@ class Trainer:
         )
         self.model.train()
         tick = time.perf_counter()
-        for group in self._groups(iter(self.train_loader)):
+        for group in self._groups(batches):
             step_metrics = self._optimizer_step(group)
             now = time.perf_counter()
             self._epoch_acc["seconds"] += now - tick
@@ -319,6 +320,19 @@ class Trainer:
                 tick = time.perf_counter()  # saving is not training time
         bar.close()
         return last_save
+
+    def _epoch_batches(self) -> Iterator:
+        """This epoch's batches from where the run stopped. Our sampler starts mid-epoch by
+        itself; any other loader (a user's own, a DistributedSampler) has the batches already
+        seen skipped, which is exact only when its order is fixed per epoch."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None and "start_batch" in inspect.signature(set_epoch).parameters:
+            set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            return iter(self.train_loader)
+        if set_epoch is not None:
+            set_epoch(self.epoch)
+        return itertools.islice(iter(self.train_loader), self.batch_in_epoch, None)
 
     def _groups(self, batches: Iterator) -> Iterator[list]:
         """Micro-batches in groups of ``grad_accum_steps``; the epoch's last group may be short."""
@@ -596,8 +610,10 @@ class Trainer:
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
         current = self.config.to_dict()
+        shape = [k for k in _SHAPE_FIELDS
+                 if current["model_source"] == "builtin" or k not in _BUILTIN_ONLY]
         diffs = [f"{k}: checkpoint {saved[k]!r}, config {current[k]!r}"
-                 for k in _SHAPE_FIELDS if k in saved and saved[k] != current.get(k)]
+                 for k in shape if k in saved and saved[k] != current.get(k)]
         if diffs:
             raise CheckpointError(
                 f"Checkpoint {path} was trained with a different model shape ("

@@ -291,7 +291,8 @@ class TrainingConfig:
         if ok("run_name") and not RUN_NAME_RE.fullmatch(self.run_name):
             bad("run_name", "must be 1-64 characters from A-Z a-z 0-9 . _ - and start with a "
                 "letter or digit (it names a folder, a file and a W&B run)")
-        if ok("d_model", "n_heads") and self.d_model % self.n_heads:
+        # Only the built-in GPT is shaped by these fields; an export brings its own.
+        if self.model_source == "builtin" and ok("d_model", "n_heads") and self.d_model % self.n_heads:
             d, h = self.d_model, self.n_heads
             bad("d_model", f"must be divisible by n_heads = {h} ({d} % {h} = {d % h}); "
                 f"e.g. d_model = {max(h, round(d / h) * h)}")
@@ -438,6 +439,8 @@ class TrainingConfig:
                 if c.early_stopping_patience else "no early stop")
         d_ff = _fmt(c.effective_d_ff) if _is_int(c.d_ff) and _is_int(c.d_model) else repr(c.d_ff)
         shape = f"{c.n_layers} layers x {c.d_model} d_model, {c.n_heads} heads, d_ff {d_ff}"
+        if c.model_source != "builtin":  # an exported model brings its own sizes
+            shape = f"from the export's config.json (context {c.block_size} tokens)"
         model = "built-in GPT" if c.model_source == "builtin" else f"{c.model_source} {c.model_ref!r}"
         if c.data_source == "synthetic":
             data = (f"synthetic, {_fmt(c.synthetic_tokens, ',')} tokens, alphabet "
@@ -448,6 +451,8 @@ class TrainingConfig:
             data = f"{c.data_source} {c.data_path!r}"
         data += f", column {c.text_column!r}" if c.text_column else ""
         tok = str(c.tokenizer) + (f", vocab {_fmt(c.vocab_size, ',')}" if c.tokenizer == "bpe" else "")
+        if c.data_source == "synthetic":
+            tok = "identity (the chain's tokens are the ids)"
         split = f"{_fmt(c.val_fraction, '.0%')} validation"
         split += f", first {_fmt(c.max_samples, ',')} documents" if c.max_samples else ""
         wandb = "off"
