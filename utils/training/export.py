@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import sys
-import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from .checkpoints import CheckpointError, load_checkpoint
 from .data import load_tokenizer, tokenizer_from_dict
 from .models import build_model, generate, load_exported_model, parse_source
 from .training_config import TrainingConfig
-from .workspace import TEMP_MARKER, Workspace, in_colab, is_temp_name
+from .workspace import Workspace, atomic_dir, in_colab, is_temp_name
 
 __all__ = [
     "ExportError", "add_export_command", "add_runs_command", "download", "export_archive",
@@ -248,9 +247,7 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None) 
     tensors, aliases = _unique_tensors(state["model"])
 
     final = workspace.results / BUNDLES / name
-    tmp = final.parent / f".{name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(final, replace=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={
             "format": "pt", "aliases": json.dumps(aliases), "run_name": name,
             "checkpoint": checkpoint.name})
@@ -275,13 +272,6 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None) 
             step=progress.get("global_step", "?"), source=source, path=str(final),
             loss=f"; best val loss {best:.4f}" if math.isfinite(best) else "",
             prompt=config.sample_prompt), encoding="utf-8")
-        old = final.parent / f".{name}{TEMP_MARKER}old-{uuid.uuid4().hex[:8]}"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _log_artifact(db, name, "bundle", final / WEIGHTS)
     return final
 

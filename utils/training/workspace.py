@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,35 @@ def atomic_write(
             with contextlib.suppress(OSError):
                 leftover.unlink(missing_ok=True)
     return dest
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Build a folder under a temp name next to ``dest`` and rename it into place when the
+    block succeeds, so readers see the whole folder or none of it.
+
+    ``replace=False``: if ``dest`` appeared meanwhile (another process finished the same
+    content first), theirs is kept. ``replace=True``: an existing ``dest`` is swapped out.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / _temp_name(dest.name)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if replace and dest.exists():
+            old = dest.parent / _temp_name(dest.name)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                if not dest.is_dir():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def in_colab() -> bool:

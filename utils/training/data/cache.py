@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 
-from ..workspace import TEMP_MARKER
+from ..workspace import atomic_dir
 from .errors import DataError
 from .progress import progress_for
 from .sources import CACHE_META, Source
@@ -177,9 +176,8 @@ def write_cache(
 ) -> Path:
     """Write <parent>/<key>/ whole or not at all: files go to a temp folder that is renamed."""
     final = parent / key
-    tmp = parent / f".{key}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    # A folder that another process (a second notebook) finished first holds the same ids.
+    with atomic_dir(final) as tmp:
         np.save(tmp / "train.npy", train)
         np.save(tmp / "validation.npy", val)
         tokenizer.save(tmp / "tokenizer.json")
@@ -187,14 +185,7 @@ def write_cache(
                 "validation_tokens": int(val.size), "dtype": str(train.dtype),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / CACHE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if not (final / CACHE_META).is_file():
-                raise DataError(f"Cannot write the token cache: {final} exists and is not one "
-                                f"({e}). Delete or rename that folder.") from e
-            # Another process (a DDP rank, a second notebook) finished the same key first;
-            # its folder holds the same ids, so keep it.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (final / CACHE_META).is_file():
+        raise DataError(f"Cannot write the token cache: {final} exists and is not one. "
+                        "Delete or rename that folder.")
     return final

@@ -26,13 +26,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..workspace import TEMP_MARKER
+from ..workspace import atomic_dir
 
 GITHUB_API = "https://api.github.com"
 USER_AGENT = "transformer-training (+https://github.com)"
@@ -232,21 +231,11 @@ def revision_of(data: dict[str, Any]) -> str:
 
 def _write_folder_atomic(dest: Path, files: dict[str, str]) -> Path:
     """All files appear at once (one rename of a finished folder), or none do."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(dest) as tmp:
         for name, content in files.items():
             # newline="" keeps the bytes exactly as GitHub sent them, so the SHA-256 is the Gist's.
             with open(tmp / name, "w", encoding="utf-8", newline="") as fh:
                 fh.write(content)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / "model.py").is_file():  # not "another process got there first"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
