@@ -1,0 +1,131 @@
+"""TrainingSession: the wiring the notebook's training cells and the CLI use. A run keeps one DB
+row (and one W&B run) across disconnects, and a failure leaves an honest status behind."""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+
+import pytest
+import torch
+
+from utils.training import metric_names as M
+from utils.training import wandb_setup
+from utils.training.callbacks import Callback
+from utils.training.experiment_db import ExperimentDB
+from utils.training.session import TrainingSession, estimate_training_time
+from utils.training.trainer import TrainingDivergedError
+
+
+class Disconnect(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer, metrics):
+        if metrics[M.STEP] == self.step:
+            raise KeyboardInterrupt("simulated disconnect")
+
+
+@pytest.fixture
+def db(workspace):
+    with ExperimentDB.open_for_workspace(workspace, verbose=False) as database:
+        yield database
+
+
+def session(config, workspace, db, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("verbose", False)
+    kw.setdefault("live_plot", False)
+    return TrainingSession.create(config, workspace, db=db, **kw)
+
+
+def test_a_run_leaves_its_row_csv_dashboard_and_tokenizer(tiny_config, workspace, db):
+    config = tiny_config(epochs=2)
+    s = session(config, workspace, db, live_plot=True)
+    result = s.fit()
+    run = db.get_run(s.tracker.run_id)
+    assert run["status"] == "completed" and result.epochs_completed == 2
+    assert (workspace.results / "tiny_metrics.csv").is_file()
+    assert s.save_dashboard(show=False).stat().st_size > 10_000
+    assert (workspace.run_dir("tiny") / "tokenizer.json").is_file()
+    assert (workspace.results / "tiny_live.png").is_file()
+    assert s.best_epoch_report()["epoch"] in (1, 2)
+
+
+def test_a_disconnect_then_rerun_continues_the_same_row(tiny_config, workspace, db):
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    first = session(config, workspace, db, callbacks=[Disconnect(step=5)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert db.get_run(first.tracker.run_id)["status"] == "interrupted"
+
+    second = session(config, workspace, db)
+    assert second.tracker.run_id == first.tracker.run_id  # the checkpoint knew its row
+    second.fit()
+    assert len(db.list_runs()) == 1
+    assert db.get_run(first.tracker.run_id)["status"] == "completed"
+    epochs = db.get_metrics_wide(first.tracker.run_id)
+    assert list(epochs[M.EPOCH]) == [1, 2]  # nothing logged twice across the restart
+
+
+def test_divergence_is_recorded_as_diverged(tiny_config, workspace, db):
+    s = session(tiny_config(epochs=1), workspace, db)
+    s.model.register_forward_hook(lambda module, args, out: out * math.nan)
+    with pytest.raises(TrainingDivergedError):
+        s.fit()
+    assert db.get_run(s.tracker.run_id)["status"] == "diverged"
+
+
+def test_time_estimate_measures_real_steps_without_touching_the_run(tiny_config, workspace):
+    config = tiny_config(epochs=3)
+    estimate = estimate_training_time(config, workspace, steps=3, verbose=False)
+    assert estimate.seconds_per_step > 0 and estimate.epochs == 3
+    assert estimate.total_seconds == pytest.approx(3 * estimate.seconds_per_epoch)
+    assert "per optimizer step" in str(estimate)
+    assert not any(workspace.checkpoints.rglob("*.pt"))  # a throwaway model, no checkpoints
+
+
+def test_resumed_run_continues_the_same_wandb_run(tiny_config, workspace, db, tmp_path,
+                                                  monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(wandb_setup, "in_colab", lambda: False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # nobody at the keyboard: offline
+
+    config = tiny_config(epochs=2, use_wandb=True, checkpoint_every_minutes=1e-9)
+    first = session(config, workspace, db, callbacks=[Disconnect(step=5)])
+    first_id = first.tracker.wandb_run.id
+    assert first_id
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    second = session(config, workspace, db)
+    assert second.tracker.wandb_run_id == first_id  # restored from the checkpoint
+    assert second.tracker.wandb_run.id == first_id  # and W&B resumed that run
+    second.fit()
+
+
+def test_a_transformer_builder_folder_trains_through_the_session(tiny_config, workspace, db,
+                                                                  tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.py").write_text(
+        "import torch.nn as nn\n\n"
+        "class TinyLM(nn.Module):\n"
+        "    def __init__(self, vocab_size, d_model=16):\n"
+        "        super().__init__()\n"
+        "        self.emb = nn.Embedding(vocab_size, d_model)\n"
+        "        self.out = nn.Linear(d_model, vocab_size)\n\n"
+        "    def forward(self, tokens):\n"
+        "        return {'logits': self.out(self.emb(tokens))}\n"
+    )
+    (folder / "config.json").write_text('{"vocab_size": 16, "d_model": 16}')
+    config = tiny_config(epochs=1, model_source="folder", model_ref=str(folder))
+    s = session(config, workspace, db)
+    result = s.fit()
+    assert math.isfinite(result.final_val_loss)
+    assert type(s.model).__name__ == "ExportedModel"
+    assert torch.isfinite(next(s.model.parameters())).all()
