@@ -263,7 +263,9 @@ show_run_comparison(db, last=compare_last)
 run_search_now = False  # @param {type:"boolean"}
 n_trials = 10  # @param {type:"integer"}
 timeout_minutes = 30  # @param {type:"integer"}
-search = run_search(config, workspace, n_trials=n_trials, timeout=timeout_minutes * 60) if run_search_now else None
+search = None
+if run_search_now:
+    search = run_search(config, workspace, db=db, n_trials=n_trials, timeout=timeout_minutes * 60)
 """),
         code("8.2 Search results", """
 train_best = False  # @param {type:"boolean"}

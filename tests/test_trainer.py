@@ -14,13 +14,13 @@ import torch
 from utils.training import metric_names as M
 from utils.training.checkpoints import CheckpointError, CheckpointManager, load_checkpoint
 from utils.training.hardware import choose_precision, peak_flops
+from utils.training.optimizer import lr_at
 from utils.training.pipeline import prepare
 from utils.training.trainer import (
     IGNORE_INDEX,
     Callback,
     Trainer,
     TrainingDivergedError,
-    lr_at,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
