@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # COLAB.md: preinstalled on every Colab runtime (torch and numpy must never be reinstalled).
 COLAB_PREINSTALLED = {"torch", "numpy", "pandas", "matplotlib", "seaborn", "datasets",
-                      "tokenizers", "tqdm", "nbformat", "torchmetrics"}
+                      "tokenizers", "tqdm", "nbformat"}
 
 
 def names(lines: list[str]) -> set[str]:
