@@ -82,7 +82,8 @@ repo_url = "{REPO_URL}"  # @param {{type:"string"}}
 repo_ref = "{REPO_REF}"  # @param {{type:"string"}}
 from importlib.util import find_spec
 if find_spec("utils.training") is None:  # already importable when run from the repository
-    !git clone --quiet --depth 1 --branch {{repo_ref}} {{repo_url}} /content/transformer-training
+    # After "Restart runtime" the clone is still on disk: reuse it instead of cloning again.
+    ![ -d /content/transformer-training ] || git clone --quiet --depth 1 --branch {{repo_ref}} {{repo_url}} /content/transformer-training
     !pip install --quiet -r /content/transformer-training/requirements-training.txt
     import sys
     sys.path.insert(0, "/content/transformer-training")
