@@ -406,3 +406,21 @@ def test_a_plain_dataloader_trains_and_resumes_mid_epoch(tiny_config, workspace)
                       progress=False, verbose=False)
     result = resumed.fit()
     assert result.global_step == 2 * len(loader)  # exactly the steps left, none repeated
+
+
+@pytest.mark.slow
+def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_config, workspace, monkeypatch):
+    """The T4 path (fp16 autocast + GradScaler), forced on the CPU: the scaler unscales before
+    clipping, and its state rides along in checkpoints. (fp16 is slow on a CPU: tiny data.)"""
+    import utils.training.trainer as trainer_module
+    from utils.training.hardware import Precision
+
+    forced = Precision("fp16", torch.float16, True, "forced for the test")
+    monkeypatch.setattr(trainer_module, "choose_precision", lambda *a, **k: forced)
+    config = tiny_config(synthetic_tokens=2500, epochs=2)
+    straight, result = fit(config.replace(run_name="fp16-straight", resume="never"))
+    assert straight.scaler.is_enabled() and math.isfinite(result.final_val_loss)
+    fit(config.replace(run_name="fp16-split"), workspace, [StopAt(epoch=1)])
+    resumed, _ = fit(config.replace(run_name="fp16-split"), workspace)
+    assert resumed.scaler.get_scale() == straight.scaler.get_scale()
+    assert_same_run(straight, resumed)
