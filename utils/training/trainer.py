@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -241,21 +242,19 @@ class Trainer:
         return out[0].tolist()
 
     def time_steps(self, n_steps: int = 5) -> float:
-        """Seconds per optimizer step, measured over ``n_steps`` real steps after one warm-up
-        step (which pays for compilation and allocator growth). It trains this trainer's model:
-        use it on a throwaway one, as ``estimate_training_time`` does."""
+        """Median seconds per optimizer step over ``n_steps`` real steps, after one warm-up step
+        (which pays for compilation and allocator growth); the median shrugs off a step slowed
+        by another process. It trains this trainer's model: use a throwaway one, as
+        ``estimate_training_time`` does."""
         groups = self._groups(iter(self.train_loader))
         self.model.train()
         self._optimizer_step(next(groups))
-        started, done = time.perf_counter(), 0
-        for group in groups:
-            if done == n_steps:
-                break
+        times = []
+        for group in itertools.islice(groups, n_steps):
+            started = time.perf_counter()
             self._optimizer_step(group)  # ends in a host sync, so the clock is honest
-            done += 1
-        return (time.perf_counter() - started) / max(done, 1)
-
-    # ------------------------------------------------------------------ the loop
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) if times else 0.0
 
     def _train_epoch(self, last_save: float) -> float:
         cfg = self.config
