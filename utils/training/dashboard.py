@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from . import metric_names as M
 from .comparison import comparison_table, metrics_frames, plot_run_comparison
@@ -37,6 +37,7 @@ from .live_plotting import (
     ema,
     enable_notebook_figures,
     epoch_axis,
+    perplexity_axis,
     summary_and_history,
 )
 from .workspace import atomic_write
@@ -292,11 +293,7 @@ class TrainingDashboard:
         if not drawn:
             _no_data(ax, "no loss recorded")
             return
-        ax.set_yscale("log")
-        # 1-2-5 ticks: perplexities of 5-8 are common and plain decades would leave them unlabelled.
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        perplexity_axis(ax)
         ax.set_xlabel("epoch")
         ax.set_ylabel("perplexity (exp of loss)")
         epoch_axis(ax, epochs)
@@ -376,13 +373,8 @@ class TrainingDashboard:
             _twin_label(ax, "epoch duration (s, bars)", BLUE)
             ax.set_ylim(0, np.nanmax(seconds) * 1.15)
         if rate is not None:
-            twin = ax.twinx() if seconds is not None else ax
-            twin.plot(epochs, rate, "o-", color=ORANGE, lw=1.8, ms=5)
-            twin.yaxis.set_major_formatter(FuncFormatter(_thousands))
-            twin.set_ylim(0, np.nanmax(rate) * 1.15)
-            _twin_label(twin, "throughput (tokens/s, line)", ORANGE)
-            if twin is not ax:
-                twin.grid(False)
+            _throughput(ax, epochs, rate, "o-", "throughput (tokens/s, line)", 1.15,
+                        twin=seconds is not None)
 
     def _hardware_panel(self, ax: Any) -> None:
         used = column_values(self.summary, M.GPU_MEMORY_USED_GB)
@@ -440,13 +432,19 @@ class TrainingDashboard:
             ax.set_ylim(0, np.nanmax(rss) * 1.3)
             _twin_label(ax, "process memory, RSS (GiB)", BLUE)
         if rate is not None:
-            twin = ax.twinx() if rss is not None else ax
-            twin.plot(epochs, rate, "s--", color=ORANGE, lw=1.8, ms=5)
-            twin.yaxis.set_major_formatter(FuncFormatter(_thousands))
-            twin.set_ylim(0, np.nanmax(rate) * 1.3)
-            _twin_label(twin, "throughput (tokens/s)", ORANGE)
-            if twin is not ax:
-                twin.grid(False)
+            _throughput(ax, epochs, rate, "s--", "throughput (tokens/s)", 1.3, twin=rss is not None)
+
+
+def _throughput(ax: Any, epochs: np.ndarray, rate: np.ndarray, style: str, label: str,
+                headroom: float, twin: bool) -> None:
+    """Tokens/s per epoch, on a twin axis when the panel already shows something else."""
+    target = ax.twinx() if twin else ax
+    target.plot(epochs, rate, style, color=ORANGE, lw=1.8, ms=5)
+    target.yaxis.set_major_formatter(FuncFormatter(_thousands))
+    target.set_ylim(0, np.nanmax(rate) * headroom)
+    _twin_label(target, label, ORANGE)
+    if twin:
+        target.grid(False)
 
 
 def _zoom_past_first_epoch(ax: Any, epochs: np.ndarray, series: list) -> None:

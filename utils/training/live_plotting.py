@@ -127,6 +127,15 @@ def column_values(frame: pd.DataFrame | None, name: str) -> np.ndarray | None:
     return values if np.isfinite(values).any() else None
 
 
+def perplexity_axis(ax: Any) -> None:
+    """Log scale with 1-2-5 ticks and plain labels ("50", not "5x10^1"): perplexities of 5-8 are
+    common and plain decades would leave them unlabelled."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def epoch_axis(ax: Any, epochs: Any = None) -> None:
     """Epochs are whole numbers: never a tick at epoch 2.5; every epoch labelled while few.
 
@@ -396,12 +405,7 @@ class LivePlotter(Callback):
         loss_ax.legend(loc="upper right", fontsize=9, framealpha=0.85)
         (a["train_ppl"],) = ppl_ax.plot([], [], "o-", color=GREEN, ms=6, label="train")
         (a["val_ppl"],) = ppl_ax.plot([], [], "s-", color=ORANGE, ms=6, label="val")
-        ppl_ax.set_yscale("log")
-        # 1-2-5 ticks with plain labels ("50", not "5x10^1"); a narrow range falls back to
-        # linear-style ticks inside LogLocator.
-        ppl_ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ppl_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ppl_ax.yaxis.set_minor_formatter(NullFormatter())
+        perplexity_axis(ppl_ax)
         ppl_ax.set_xlabel("epoch")
         ppl_ax.set_ylabel("perplexity (log scale)")
         ppl_ax.set_title("perplexity per epoch")
