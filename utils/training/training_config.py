@@ -294,8 +294,9 @@ class TrainingConfig:
         # Only the built-in GPT is shaped by these fields; an export brings its own.
         if self.model_source == "builtin" and ok("d_model", "n_heads") and self.d_model % self.n_heads:
             d, h = self.d_model, self.n_heads
+            heads = min((k for k in range(1, d + 1) if d % k == 0), key=lambda k: (abs(k - h), k))
             bad("d_model", f"must be divisible by n_heads = {h} ({d} % {h} = {d % h}); "
-                f"e.g. d_model = {max(h, round(d / h) * h)}")
+                f"e.g. n_heads = {heads}, or d_model = {max(h, round(d / h) * h)}")
         for name, cond, values, fix in _REQUIRED_WHEN:
             if ok(name, cond) and getattr(self, cond) in values and not getattr(self, name).strip():
                 bad(name, f"required when {cond} = {getattr(self, cond)!r}: {fix}")
