@@ -1,4 +1,4 @@
-"""Command line: ``python -m utils.training train|demo|search|runs|export|run-notebook ...``.
+"""Command line: ``python -m utils.training train|demo|search|runs|dashboard|export|run-notebook``.
 
 The same library the notebook uses, without a notebook: for a terminal, a script or a job queue.
 """
@@ -15,6 +15,7 @@ from .checkpoints import CheckpointError
 from .data import DataError
 from .experiment_db import ExperimentDB, ExperimentDBError
 from .export import ExportError, add_export_command, add_runs_command
+from .live_plotting import PlotError
 from .models import ModelLoadError
 from .notebook import parse_sets, run_notebook
 from .search import SearchError, SearchSpaceError, add_search_command
@@ -86,6 +87,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Redraw a stored run's dashboard from the experiment DB (no checkpoint needed)."""
+    from .dashboard import TrainingDashboard
+
+    workspace = Workspace.setup(args.workspace)
+    with ExperimentDB.open_for_workspace(workspace) as db:
+        run = db.get_run(args.run)  # an id, or a name (its newest run)
+        dashboard = TrainingDashboard.from_db(db, run["id"])
+    output = Path(args.output) if args.output else workspace.results / f"{run['name']}_dashboard.png"
+    print(f"Dashboard of run {run['id']} ({run['name']}, {run['status']}): {dashboard.save(output)}")
+    return 0
+
+
 def _cmd_run_notebook(args: argparse.Namespace) -> int:
     run_notebook(args.notebook, parse_sets(args.set), output=args.output, timeout=args.timeout,
                  echo=True)
@@ -122,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_export_command(sub)
 
+    p_dash = sub.add_parser("dashboard", help="draw a stored run's 6-panel dashboard")
+    p_dash.add_argument("run", help="run id or name (see `runs`)")
+    p_dash.add_argument("--workspace", metavar="DIR", help="workspace folder")
+    p_dash.add_argument("--output", metavar="PATH", help=".png, .pdf or .svg "
+                        "(default results/<run>_dashboard.png)")
+    p_dash.set_defaults(func=_cmd_dashboard)
+
     p_nb = sub.add_parser("run-notebook", help="execute training.ipynb with a Jupyter kernel, "
                           "filling in its @param form fields first")
     p_nb.add_argument("--set", action="append", metavar="NAME=VALUE",
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, TrainingDivergedError, ModelLoadError,
-            ExperimentDBError, SearchError, SearchSpaceError, ExportError) as exc:
+            ExperimentDBError, SearchError, SearchSpaceError, ExportError, PlotError) as exc:
         # Errors a person caused or can fix: the message says what to do; a traceback would bury it.
         print(f"error: {exc}", file=sys.stderr)
         return 2
