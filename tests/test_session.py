@@ -129,3 +129,34 @@ def test_a_transformer_builder_folder_trains_through_the_session(tiny_config, wo
     assert math.isfinite(result.final_val_loss)
     assert type(s.model).__name__ == "ExportedModel"
     assert torch.isfinite(next(s.model.parameters())).all()
+
+
+def test_a_fresh_colab_vm_resumes_from_what_drive_kept(tiny_config, tmp_path):
+    """The promise of the whole notebook: the VM dies mid-epoch (nothing runs, its local disk is
+    gone), a new VM mounts the same Drive, and Run all continues the run exactly: same DB row,
+    every step's metrics once, none lost."""
+    import shutil
+
+    from utils.training.workspace import Workspace
+
+    vm_disk = tmp_path / "vm-local-disk"
+    drive = Workspace(root=tmp_path / "drive" / "TransformerTraining", on_drive=True,
+                      staging=vm_disk)
+    drive._make_folders()
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    db = ExperimentDB.open_for_workspace(drive, verbose=False)
+    first = session(config, drive, db, callbacks=[Disconnect(step=5)])
+    first.tracker.abort = lambda status: None  # a killed VM runs no clean-up at all
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    run_id, steps_per_epoch = first.tracker.run_id, first.trainer.steps_per_epoch
+    shutil.rmtree(vm_disk)  # the live database and every staged file die with the VM
+
+    new_vm = ExperimentDB.open_for_workspace(drive, verbose=False)  # restored from Drive
+    second = session(config, drive, new_vm)
+    assert second.tracker.run_id == run_id
+    second.fit()
+    steps = new_vm.get_metrics_wide(run_id, kind="step")[M.STEP].tolist()
+    assert steps == list(range(1, 2 * steps_per_epoch + 1))
+    assert new_vm.get_run(run_id)["status"] == "completed"
+    new_vm.close()

@@ -186,12 +186,14 @@ class MetricsTracker(Callback):
         self._log_wandb({**values, M.EPOCH: epoch}, step)
         return dict(row)
 
-    def flush(self) -> None:
-        """Write the batch rows not yet in the database, in one ``log_metrics_many`` call."""
+    def flush(self) -> int:
+        """Write the batch rows not yet in the database, in one ``log_metrics_many`` call;
+        returns how many steps it wrote."""
         n = len(self._batches[M.STEP])
         if self.db is None or n == self._flushed:
             self._flushed = n
-            return
+            return 0
+        written = n - self._flushed
         run_id, b = self._db_run_id(), self._batches
         rows = []
         for i in range(self._flushed, n):
@@ -200,6 +202,7 @@ class MetricsTracker(Callback):
                         for name in M.STEP_METRICS)
         self.db.log_metrics_many(rows)
         self._flushed = n
+        return written
 
     def abort(self, status: str = "failed") -> None:
         """Close the runs of a training that ended with an exception (which skips
@@ -306,8 +309,11 @@ class MetricsTracker(Callback):
         """History and the W&B run id, as plain lists (``torch.load(weights_only=True)`` safe).
 
         A checkpoint is also a flush point: the database then holds every row the checkpoint
-        does, so a resume neither loses nor repeats rows."""
-        self.flush()
+        does, so a resume neither loses nor repeats rows. And a sync point: a mid-epoch
+        checkpoint on Drive comes with a Drive copy of the database that matches it, so a fresh
+        VM restores both (the epoch-end sync has already copied everything else)."""
+        if self.flush():
+            self._sync()
         n = len(self._batches[M.STEP])
         batches = {name: col.tolist() for name, col in self._batches.items()}
         if n > MAX_CHECKPOINT_BATCHES:
