@@ -160,3 +160,23 @@ def test_a_fresh_colab_vm_resumes_from_what_drive_kept(tiny_config, tmp_path):
     assert steps == list(range(1, 2 * steps_per_epoch + 1))
     assert new_vm.get_run(run_id)["status"] == "completed"
     new_vm.close()
+
+
+def test_running_the_train_cell_again_after_an_interrupt_finishes_the_same_row(
+        tiny_config, workspace, db):
+    class InterruptOnce(Callback):
+        fired = False
+
+        def on_step_end(self, trainer, metrics):
+            if not self.fired and metrics[M.STEP] == 3:
+                self.fired = True
+                raise KeyboardInterrupt
+
+    s = session(tiny_config(epochs=2), workspace, db, callbacks=[InterruptOnce()])
+    with pytest.raises(KeyboardInterrupt):
+        s.fit()
+    assert db.get_run(s.tracker.run_id)["status"] == "interrupted"
+    result = s.fit()  # the same cell, run again
+    assert result.epochs_completed == 2
+    assert db.get_run(s.tracker.run_id)["status"] == "completed"
+    assert len(db.list_runs()) == 1

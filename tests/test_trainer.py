@@ -424,3 +424,25 @@ def test_fp16_with_grad_scaler_trains_and_resumes_exactly(tiny_config, workspace
     resumed, _ = fit(config.replace(run_name="fp16-split"), workspace)
     assert resumed.scaler.get_scale() == straight.scaler.get_scale()
     assert_same_run(straight, resumed)
+
+
+def test_interrupt_then_rerunning_the_train_cell_continues_exactly(tiny_config, workspace):
+    """In Colab: Interrupt the training cell, then run it again (same objects in memory)."""
+    config = tiny_config(dropout=0.1)
+    straight, _ = fit(config.replace(run_name="straight", resume="never"))
+
+    class InterruptOnce(Callback):
+        fired = False
+
+        def on_step_end(self, trainer, metrics):
+            if not self.fired and metrics[M.STEP] == trainer.steps_per_epoch + 2:
+                self.fired = True
+                os.kill(os.getpid(), signal.SIGINT)
+
+    prepared = prepare(config.replace(run_name="rerun"), workspace)
+    trainer = prepared.trainer([InterruptOnce()], progress=False, verbose=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    result = trainer.fit()  # the cell, run again
+    assert result.epochs_completed == 4
+    assert_same_run(straight, trainer)

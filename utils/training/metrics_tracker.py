@@ -204,6 +204,20 @@ class MetricsTracker(Callback):
         self._flushed = n
         return written
 
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def reopen(self, wandb_run: Any = None) -> None:
+        """Carry on after ``finish``/``abort`` in the same process (the notebook's train cell run
+        again after an interrupt): the DB run is running again and a new W&B handle, resuming
+        the same W&B run, replaces the finished one."""
+        self._finished = False
+        if self.db is not None and self.run_id is not None:
+            self.db.set_status(self.run_id, "running")
+        self.wandb_run = wandb_run
+        self._wandb_attached = False
+
     def abort(self, status: str = "failed") -> None:
         """Close the runs of a training that ended with an exception (which skips
         ``on_train_end``): status "failed", "interrupted" or "diverged"; pending rows are kept."""

@@ -38,6 +38,7 @@ class TrainingSession:
     tracker: MetricsTracker
     plotter: LivePlotter | None = None
     db: Any = None
+    use_wandb: bool = False
     result: TrainingResult | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
 
@@ -79,17 +80,26 @@ class TrainingSession:
             tracker.run_id = db.start_run(
                 config, tags=tags, study=study, resume_run_id=tracker.run_id,
             )
-        use_wandb = config.use_wandb if wandb is None else wandb and config.use_wandb
-        if use_wandb:
-            directory = workspace.root if workspace is not None else None
-            tracker.wandb_run = init_wandb(config, run_id=tracker.run_id,
-                                           resume_id=tracker.wandb_run_id, directory=directory)
-        return cls(config, workspace, prepared.data, prepared.model, trainer, tracker, plotter, db)
+        session = cls(config, workspace, prepared.data, prepared.model, trainer, tracker, plotter,
+                      db, use_wandb=config.use_wandb if wandb is None else wandb and config.use_wandb)
+        tracker.wandb_run = session._wandb_run()
+        return session
+
+    def _wandb_run(self) -> Any:
+        """A W&B run for this session (resuming the tracker's W&B run id), or None when off."""
+        if not self.use_wandb:
+            return None
+        directory = self.workspace.root if self.workspace is not None else None
+        return init_wandb(self.config, run_id=self.tracker.run_id,
+                          resume_id=self.tracker.wandb_run_id, directory=directory)
 
     # ------------------------------------------------------------------ running
 
     def fit(self) -> TrainingResult:
-        """Train; a failure still leaves an honest status in the experiment DB."""
+        """Train; a failure still leaves an honest status in the experiment DB. Calling it
+        again (after an interrupt, say) continues from the state in memory, same DB row."""
+        if self.tracker.finished:
+            self.tracker.reopen(self._wandb_run())
         status = "failed"
         try:
             self.result = self.trainer.fit()

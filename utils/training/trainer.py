@@ -168,14 +168,18 @@ class Trainer:
         self._saved_step = -1
         self._resumed_from: Path | None = None
         self._resume_checked = False
+        self._fit_started = False
 
     # ------------------------------------------------------------------ public API
 
     def fit(self) -> TrainingResult:
         cfg = self.config
         started = time.monotonic()
-        if self.resume() is None:
+        # Seed a fresh run once: a second fit() in the same process (the notebook's train cell
+        # run again after an interrupt) continues from the state in memory, RNGs included.
+        if self.resume() is None and not self._fit_started:
             seed_everything(cfg.seed)
+        self._fit_started = True
         self._say(
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
