@@ -184,6 +184,7 @@ config = TrainingConfig(
         code("3.2 Training mode and time estimate", """
 mode = "fast"  # @param ["fast", "balanced", "quality"]
 # @markdown fast: up to 5 epochs; balanced: up to 15; quality: more. `epochs = 0` uses the mode's default.
+# @markdown The estimate times the built-in GPT at these sizes; an exported model (section 5) may differ.
 epochs = 0  # @param {type:"integer"}
 config = apply_mode(config, mode, epochs=epochs)
 estimate = estimate_training_time(config, workspace)
