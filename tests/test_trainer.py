@@ -446,3 +446,17 @@ def test_interrupt_then_rerunning_the_train_cell_continues_exactly(tiny_config, 
     result = trainer.fit()  # the cell, run again
     assert result.epochs_completed == 4
     assert_same_run(straight, trainer)
+
+
+def test_changing_batch_size_mid_epoch_restarts_that_epoch_with_a_note(tiny_config, workspace,
+                                                                       capsys):
+    """After a CUDA out-of-memory error people lower batch_size and run again: the run carries
+    on (its exact data order no longer exists, so the interrupted epoch starts over)."""
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, workspace, [StopAt(step=12)])
+    capsys.readouterr()
+    result = prepare(config.replace(batch_size=4), workspace).trainer(progress=False).fit()
+    assert result.epochs_completed == 2
+    out = capsys.readouterr().out
+    assert "batch_size 8 -> 4" in out and "starts again from its beginning" in out

@@ -59,6 +59,11 @@ _SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", 
 _BUILTIN_ONLY = ("n_layers", "n_heads", "d_model", "d_ff")  # an export's shape is its config.json
 
 
+def _fresh_epoch_acc() -> dict[str, float]:
+    """What an epoch sums up as it goes (saved in checkpoints, so a mid-epoch resume is exact)."""
+    return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
@@ -155,7 +160,7 @@ class Trainer:
         self._interrupted = False
         self._early_stopped = False
         self.samples: list[str] = []
-        self._epoch_acc = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        self._epoch_acc = _fresh_epoch_acc()
         self._elapsed_before = 0.0  # training seconds from earlier processes of this run
 
         self.checkpoints: CheckpointManager | None = None
@@ -451,7 +456,7 @@ class Trainer:
 
         self.epoch += 1
         self.batch_in_epoch = 0
-        self._epoch_acc = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+        self._epoch_acc = _fresh_epoch_acc()
         for callback in self.callbacks:
             callback.on_epoch_end(self, metrics)
         self._say(self._epoch_line(metrics))
@@ -532,15 +537,32 @@ class Trainer:
         self._elapsed_before = progress["elapsed"]
         self.history = [dict(row) for row in state["history"]]
         self.samples = list(state.get("samples", []))
-        sampler = getattr(self.train_loader, "sampler", None)
-        if state.get("sampler") and hasattr(sampler, "load_state_dict"):
-            sampler.load_state_dict(state["sampler"])
+        self._restore_data_position(state.get("sampler"))
         saved = state.get("callbacks", {})
         for i, callback in enumerate(self.callbacks):
             key = f"{i}:{type(callback).__name__}"
             if key in saved:
                 callback.load_state_dict(saved[key])
         restore_rng_state(state["rng"])
+
+    def _restore_data_position(self, saved: dict[str, Any] | None) -> None:
+        """Continue the data order where the checkpoint stopped. When the batch size or the data
+        changed (a common fix for running out of GPU memory), that order no longer exists: the
+        interrupted epoch starts again from its beginning, and the run says so."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if not saved or not hasattr(sampler, "load_state_dict"):
+            return
+        current = sampler.state_dict()
+        changed = [f"{k} {saved[k]} -> {current[k]}" for k in ("batch_size", "n_items")
+                   if k in saved and saved[k] != current.get(k)]
+        if not changed:
+            sampler.load_state_dict(saved)
+            return
+        if self.batch_in_epoch:
+            self._say(f"The data changed since the checkpoint ({', '.join(changed)}): epoch "
+                      f"{self.epoch + 1} starts again from its beginning.")
+            self.batch_in_epoch = 0
+            self._epoch_acc = _fresh_epoch_acc()
 
     def _save(self, kind: str) -> Path | None:
         if self.checkpoints is None:
@@ -602,12 +624,6 @@ class Trainer:
             note = ("; the learning-rate schedule is re-stretched over the new total"
                     if "epochs" in saved and saved["epochs"] != current["epochs"] else "")
             self._say(f"Resuming with changed settings: {', '.join(changed)}{note}.")
-        if state["progress"]["batch_in_epoch"] > self.micro_batches_per_epoch:
-            raise CheckpointError(
-                f"Checkpoint {path} stopped {state['progress']['batch_in_epoch']} batches into an "
-                f"epoch, but an epoch now has {self.micro_batches_per_epoch}: the data or "
-                "batch_size changed. Resume with the same data and batch_size, or start a new run."
-            )
 
     # ------------------------------------------------------------------ misc
 
