@@ -460,3 +460,16 @@ def test_changing_batch_size_mid_epoch_restarts_that_epoch_with_a_note(tiny_conf
     assert result.epochs_completed == 2
     out = capsys.readouterr().out
     assert "batch_size 8 -> 4" in out and "starts again from its beginning" in out
+
+
+def test_out_of_memory_says_which_settings_to_lower(tiny_config):
+    from utils.training.trainer import TrainingOutOfMemoryError
+
+    trainer = prepare(tiny_config(batch_size=8)).trainer(progress=False, verbose=False)
+
+    def oom(module, args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.raw_model.register_forward_pre_hook(oom)
+    with pytest.raises(TrainingOutOfMemoryError, match="batch_size = 4 and grad_accum_steps = 2"):
+        trainer.fit()

@@ -70,6 +70,7 @@ _WHERE = {
     "TrainingConfig": ".training_config",
     "TrainingDashboard": ".dashboard",
     "TrainingDivergedError": ".trainer",
+    "TrainingOutOfMemoryError": ".trainer",
     "TrainingResult": ".trainer",
     "TrainingSession": ".session",
     "Workspace": ".workspace",

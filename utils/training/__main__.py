@@ -20,7 +20,7 @@ from .models import ModelLoadError
 from .notebook import parse_sets, run_notebook
 from .search import SearchError, SearchSpaceError, add_search_command
 from .session import TrainingSession
-from .trainer import TrainingDivergedError, TrainingResult
+from .trainer import TrainingDivergedError, TrainingOutOfMemoryError, TrainingResult
 from .training_config import ConfigError, TrainingConfig
 from .workspace import Workspace
 
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, TrainingDivergedError, ModelLoadError,
-            ExperimentDBError, SearchError, SearchSpaceError, ExportError, PlotError) as exc:
+            ExperimentDBError, SearchError, SearchSpaceError, ExportError, PlotError,
+            TrainingOutOfMemoryError) as exc:
         # Errors a person caused or can fix: the message says what to do; a traceback would bury it.
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -64,6 +64,11 @@ def _fresh_epoch_acc() -> dict[str, float]:
     return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
 
 
+class TrainingOutOfMemoryError(torch.cuda.OutOfMemoryError):
+    """CUDA ran out of memory; the message says which settings to lower. A subclass of torch's
+    error, so code that already catches that (the search's trials) keeps working."""
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
@@ -204,7 +209,7 @@ class Trainer:
             callback.on_train_start(self)
         status = "completed"
         last_save = time.monotonic()
-        with self._interrupt_guard():
+        with self._interrupt_guard(), self._explain_out_of_memory():
             while self.epoch < cfg.epochs:
                 last_save = self._train_epoch(last_save)
                 self._end_epoch()
@@ -392,6 +397,25 @@ class Trainer:
         if dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @contextmanager
+    def _explain_out_of_memory(self) -> Iterator[None]:
+        """Turn CUDA's out-of-memory error into what to change; the last checkpoint is intact."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError as exc:
+            if isinstance(exc, TrainingOutOfMemoryError):
+                raise
+            cfg = self.config
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            smaller = max(1, cfg.batch_size // 2)
+            raise TrainingOutOfMemoryError(
+                f"The GPU ran out of memory at batch_size {cfg.batch_size} x block_size "
+                f"{cfg.block_size} ({self.precision.name}). Set batch_size = {smaller} and "
+                f"grad_accum_steps = {cfg.grad_accum_steps * 2} (the same tokens per step), or a "
+                "smaller block_size or model; then run again: it resumes from the last checkpoint."
+            ) from exc
 
     @contextmanager
     def _interrupt_guard(self) -> Iterator[None]:
