@@ -416,3 +416,21 @@ def test_synthetic_cache_keeps_the_known_entropy(workspace):
     second = load_token_data(config, workspace)
     assert second.from_cache and second.known_entropy == pytest.approx(first.known_entropy)
     assert isinstance(second.tokenizer, IdentityTokenizer) and second.tokenizer.vocab_size == 16
+
+
+def test_max_samples_streams_only_the_head_of_a_hub_dataset(monkeypatch):
+    """A quick run on a huge Hub dataset must not download all of it: with max_samples the
+    loader streams the first rows of each split instead."""
+    calls = []
+
+    def fake_load_dataset(name, subset=None, streaming=False, **kwargs):
+        calls.append(streaming)
+        assert streaming, "with max_samples the Hub dataset must be streamed"
+        train = Dataset.from_dict({"text": [f"doc {i}" for i in range(1000)]})
+        return datasets.IterableDatasetDict(train=train.to_iterable_dataset())
+
+    monkeypatch.setattr(sources_module, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(sources_module.datasets, "load_dataset", fake_load_dataset)
+    dd = load_text_data(cfg(data_source="huggingface", dataset_name="some/huge", max_samples=20))
+    assert calls == [True]
+    assert len(dd["train"]) == 20 and 1 <= len(dd["validation"]) <= 20

@@ -284,7 +284,7 @@ def _in_hf_cache(name: str) -> bool:
     return hub_copy.is_dir() or built.is_dir()
 
 
-def _load_hub(name: str, subset: str) -> DatasetDict:
+def _load_hub(name: str, subset: str, limit: int = 0) -> DatasetDict:
     offline = datasets.config.HF_HUB_OFFLINE
     if not offline and not hub_reachable():
         if not _in_hf_cache(name):
@@ -293,7 +293,8 @@ def _load_hub(name: str, subset: str) -> DatasetDict:
         print(f"The Hub ({HUB_PROBE_URL}) does not answer; trying the cached copy of {name!r} "
               "(the library retries for a while first; HF_HUB_OFFLINE=1 skips that).")
     try:
-        loaded = datasets.load_dataset(name, subset or None)
+        loaded = _stream_head(name, subset, limit) if limit > 0 else \
+            datasets.load_dataset(name, subset or None)
     except ConnectionError as e:
         mode = " (HF_HUB_OFFLINE is set)" if offline else ""
         raise DataError(f"Cannot load {name!r} from the Hugging Face Hub{mode}: {e}. "
@@ -306,6 +307,20 @@ def _load_hub(name: str, subset: str) -> DatasetDict:
     if not isinstance(loaded, DatasetDict):
         raise DataError(f"load_dataset({name!r}) returned a {type(loaded).__name__}, not splits.")
     return loaded
+
+
+def _stream_head(name: str, subset: str, limit: int) -> DatasetDict:
+    """The first rows of each split, streamed: a quick run on a few thousand documents of a
+    40 GB dataset must not download all of it first. A split that will be divided into train
+    and validation later gets enough extra rows for both."""
+    streamed = datasets.load_dataset(name, subset or None, streaming=True)
+    has_validation = any(s in streamed for s in ("validation", "valid", "test"))
+    splits = {}
+    for split, rows in streamed.items():
+        take = limit if has_validation or split != "train" else 2 * limit
+        splits[split] = Dataset.from_list(list(rows.take(take)))
+    print(f"Streamed the first {limit:,} rows of each split of {name!r} (max_samples).")
+    return DatasetDict(splits)
 
 
 # --------------------------------------------------------------------------- reading
@@ -323,7 +338,7 @@ def read_source(source: Source, config: Any) -> DatasetDict:
         raw: Dataset | DatasetDict = synthetic_text_data(config)
         text_column = ""
     elif source.kind == "hub":
-        raw = _load_hub(source.where, source.subset)
+        raw = _load_hub(source.where, source.subset, int(config.max_samples or 0))
     elif source.kind == "disk":
         try:
             raw = datasets.load_from_disk(source.where)
