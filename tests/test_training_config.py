@@ -295,3 +295,11 @@ def test_exported_models_are_not_held_to_the_builtin_shape_rules():
     config = TrainingConfig(model_source="folder", model_ref="my_export", d_model=30, n_heads=4)
     config.validate()  # d_model % n_heads only constrains the built-in GPT
     assert "config.json" in str(config)
+
+
+def test_bpe_vocab_too_small_is_caught_before_any_data_loads():
+    from utils.training.training_config import ConfigError, TrainingConfig
+
+    with pytest.raises(ConfigError, match="vocab_size = 100: must be >= 257"):
+        TrainingConfig(data_source="local", data_path="x.txt", tokenizer="bpe",
+                       vocab_size=100).validate()

@@ -304,6 +304,10 @@ class TrainingConfig:
                 and not self.tokenizer.lower().endswith(".json"):
             bad("tokenizer", f"must be one of {', '.join(TOKENIZERS)} or a path to a "
                 "tokenizer.json file")
+        if ok("tokenizer", "vocab_size") and self.tokenizer == "bpe" and self.vocab_size < 257 \
+                and self.data_source != "synthetic":
+            bad("vocab_size", "must be >= 257 for a byte-level BPE (256 byte symbols + EOS); a few "
+                "thousand is typical")
         if ok("resume") and not self.resume.strip():
             bad("resume", "must be 'auto', 'never' or the path of a checkpoint file")
         # Synthetic text is split by tokens; fewer than one block leaves validation empty.
