@@ -233,6 +233,13 @@ class TrainingDashboard:
 
     # ------------------------------------------------------------------ panels
 
+    def _epoch_x(self, ax: Any) -> np.ndarray:
+        """The epochs, with ``ax``'s x axis labelled and ticked for them."""
+        epochs = self._epochs()
+        ax.set_xlabel("epoch")
+        epoch_axis(ax, epochs)
+        return epochs
+
     def _epochs(self) -> np.ndarray:
         return self.summary[M.EPOCH].to_numpy(dtype=float)
 
@@ -365,9 +372,7 @@ class TrainingDashboard:
         if seconds is None and rate is None:
             _no_data(ax, "no timing recorded")
             return
-        epochs = self._epochs()
-        ax.set_xlabel("epoch")
-        epoch_axis(ax, epochs)
+        epochs = self._epoch_x(ax)
         if seconds is not None:
             ax.bar(epochs, seconds, color=BLUE, alpha=0.75, width=0.6)
             _twin_label(ax, "epoch duration (s, bars)", BLUE)
@@ -388,9 +393,7 @@ class TrainingDashboard:
 
     def _gpu_panel(self, ax: Any, used: Any, peak: Any, total: Any, util: Any) -> None:
         ax.set_title("GPU memory & utilisation")
-        epochs = self._epochs()
-        ax.set_xlabel("epoch")
-        epoch_axis(ax, epochs)
+        epochs = self._epoch_x(ax)
         handles = []
         if used is not None:
             handles += ax.plot(epochs, used, "o-", color=BLUE, lw=1.8, ms=5, label="used, whole GPU (NVML)")
@@ -424,9 +427,7 @@ class TrainingDashboard:
         if rss is None and rate is None:
             _no_data(ax, "no throughput or memory recorded")
             return
-        epochs = self._epochs()
-        ax.set_xlabel("epoch")
-        epoch_axis(ax, epochs)
+        epochs = self._epoch_x(ax)
         if rss is not None:
             ax.plot(epochs, rss, "o-", color=BLUE, lw=1.8, ms=5)
             ax.set_ylim(0, np.nanmax(rss) * 1.3)
