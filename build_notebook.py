@@ -6,21 +6,45 @@
 Cells are data: sections of markdown and code. Every code cell is a Colab form (`# @title` first
 line + `cellView: form` metadata); every user choice is an `@param` line. Cells call the library;
 no loop, SQL or plotting code lives here. Output is deterministic: stable ids, no outputs.
+
+The notebook carries its library: cell 1.1 holds ``utils/training`` (with ``utils/__init__.py``
+and ``requirements-training.txt``) as one base64 line of an xz-compressed zip, with fixed dates,
+modes and order so the same source always gives the same bytes. A notebook uploaded alone to Colab
+therefore runs the exact library it was generated with; ``--check`` also fails when that copy is
+stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import hashlib
+import io
+import lzma
+import re
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-NOTEBOOK = Path(__file__).with_name("training.ipynb")
-REPO_URL = "https://github.com/transformer-training/transformer-training"
-REPO_REF = "main"
+from utils.training.install import (
+    NEVER_INSTALL,
+    REQUIREMENTS,
+    library_files,
+    library_hash,
+    library_version,
+    normalize,
+    parse_requirements,
+)
+
+ROOT = Path(__file__).resolve().parent
+NOTEBOOK = ROOT / "training.ipynb"
+PACKAGE = ROOT / "utils" / "training"
+PAYLOAD_MARK = "<<library payload>>"  # the line of cell 1.1 that build() fills in
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date zip can store: no build time leaks in
 
 
 def md(text: str) -> dict:
@@ -70,29 +94,47 @@ it) and, optionally, an Optuna hyperparameter search.
 - Google Drive keeps checkpoints, the experiment database and results in
   `MyDrive/TransformerTraining/`. If Drive can't be mounted the notebook says so and uses a local
   folder, which a disconnect wipes.
-- Nothing here reinstalls Colab's own `torch` or `numpy`.
+- The notebook needs nothing but itself: cell 1.1 unpacks the training library it carries (the
+  exact version it was built with, checked by its SHA-256) and installs only what Colab lacks.
+  Nothing here reinstalls Colab's own `torch` or `numpy`.
 """),
     ]),
     ("Setup", [
-        header(1, "Setup and Drive workspace", "Install what Colab lacks, mount Drive, open the "
-               "experiment history."),
+        header(1, "Setup and Drive workspace", "The notebook carries its training library: "
+               "cell 1.1 checks it, unpacks it and installs only what Colab lacks. Then mount "
+               "Drive and open the experiment history."),
         code("1.1 Install the training library", f"""
-# @markdown Pin `repo_ref` to a release tag or commit so the notebook and the library always match.
-repo_url = "{REPO_URL}"  # @param {{type:"string"}}
-repo_ref = "{REPO_REF}"  # @param {{type:"string"}}
-from importlib.util import find_spec
-if find_spec("utils.training") is None:  # already importable when run from the repository
-    # After "Restart runtime" the clone is still on disk: reuse it instead of cloning again.
-    ![ -d /content/transformer-training ] || git clone --quiet --depth 1 --branch {{repo_ref}} {{repo_url}} /content/transformer-training
-    !pip install --quiet -r /content/transformer-training/requirements-training.txt
-    import sys
-    sys.path.insert(0, "/content/transformer-training")
+# @markdown This notebook carries its own training library: this cell checks it, unpacks it and
+# @markdown installs only what this runtime lacks (never `torch` or `numpy`). Keep `bundled`
+# @markdown unless you want another version on purpose: `git` clones `git_url` at `git_ref` (a
+# @markdown branch, tag or full commit SHA); `drive` installs `drive_package`, a `.whl` or `.zip`
+# @markdown in `MyDrive/TransformerTraining/`.
+install_from = "bundled"  # @param ["bundled", "git", "drive"]
+git_url = ""  # @param {{type:"string"}}
+git_ref = ""  # @param {{type:"string"}}
+drive_package = ""  # @param {{type:"string"}}
+{PAYLOAD_MARK}
+import base64, hashlib, importlib.util, io, lzma, os, tempfile, zipfile
+if hashlib.sha256(LIBRARY.encode()).hexdigest() != LIBRARY_SHA256:
+    raise RuntimeError("The library inside cell 1.1 is damaged (its SHA-256 does not match). "
+                       "Get a fresh copy of training.ipynb and upload that.")
+_home = os.path.join(tempfile.gettempdir(), "transformer-training-" + LIBRARY_SHA256[:12])
+if not os.path.isdir(_home):  # unpacked under a temp name, then renamed: never half there
+    _tmp = tempfile.mkdtemp(prefix=".transformer-training-")
+    zipfile.ZipFile(io.BytesIO(lzma.decompress(base64.b64decode(LIBRARY)))).extractall(_tmp)
+    os.rename(_tmp, _home)
+# The installer is loaded by path under a private name, so `utils` is not half-imported.
+_spec = importlib.util.spec_from_file_location(
+    "_transformer_training_install", os.path.join(_home, "utils", "training", "install.py"))
+_install = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_install)
+_install.install_library(_home, LIBRARY_VERSION, LIBRARY_HASH, install_from=install_from,
+                         git_url=git_url, git_ref=git_ref, drive_package=drive_package)
 from utils.training import (
     DataChoice, ExperimentDB, TrainingConfig, TrainingSession, Workspace, apply_mode,
     estimate_training_time, export_run, export_summary, run_search, show_recent_runs,
     show_run_comparison, show_search_results,
 )
-print("Library ready.")
 """),
         code("1.2 Mount Drive and create the workspace", """
 use_drive = True  # @param {type:"boolean"}
@@ -106,16 +148,18 @@ show_recent_runs(db)
     ("Data", [
         header(2, "Data loading", "Choose a source in the first cell; each cell below does its "
                "work only for the source you chose, so *Run all* always works."),
-        code("2.1 Hugging Face dataset (and the data source choice)", """
+        code("2.1 Data source choice (and the Hugging Face dataset)", """
 data_source = "huggingface"  # @param ["huggingface", "drive", "upload", "local", "synthetic"]
-dataset_name = "wikitext"  # @param {type:"string"}
-dataset_config = "wikitext-2-raw-v1"  # @param {type:"string"}
 text_column = ""  # @param {type:"string"}
 max_samples = 0  # @param {type:"integer"}
+# @markdown For every source: `text_column` is the column of a table (.csv, .json/.jsonl, .parquet,
+# @markdown a Hub dataset) to train on; empty = `text`, or the only text column.
 # @markdown `max_samples` caps the documents per split for quick runs (0 = all).
-data = DataChoice(data_source, max_samples=max_samples)
+dataset_name = "wikitext"  # @param {type:"string"}
+dataset_config = "wikitext-2-raw-v1"  # @param {type:"string"}
+data = DataChoice(data_source, max_samples=max_samples, text_column=text_column)
 data.use("huggingface", dataset_name=dataset_name, dataset_config=dataset_config,
-         text_column=text_column, workspace=workspace)
+         workspace=workspace)
 """),
         code("2.2 Files on Google Drive", """
 drive_path = "datasets/*.txt"  # @param {type:"string"}
@@ -124,8 +168,11 @@ data.use("drive", data_path=drive_path, workspace=workspace)
 """),
         code("2.3 Upload a file", """
 # @markdown Colab asks for the file once; it is kept in the workspace so a re-run does not ask again.
+upload_new = False  # @param {type:"boolean"}
+# @markdown Tick `upload_new` to choose another file (untick it afterwards), or set `upload_path`
+# @markdown to a file already on this machine or on Drive.
 upload_path = ""  # @param {type:"string"}
-data.use("upload", data_path=upload_path, workspace=workspace)
+data.use("upload", data_path=upload_path, ask_again=upload_new, workspace=workspace)
 """),
         code("2.4 Local file or cached tokens", """
 local_path = ""  # @param {type:"string"}
@@ -205,9 +252,13 @@ wandb_project = "transformer-training"  # @param {type:"string"}
 wandb_entity = ""  # @param {type:"string"}
 wandb_tags = ""  # @param {type:"string"}
 wandb_notes = ""  # @param {type:"string"}
-# @markdown The API key comes from Colab's Secrets (`WANDB_API_KEY`) or a prompt; it is never saved.
+# @markdown The API key comes from Colab's Secrets (`WANDB_API_KEY`) or a prompt here; it is never
+# @markdown saved. This cell says whether runs will log online or offline, and how to upload them
+# @markdown later; the W&B run itself starts with training (5.2).
 config = config.replace(use_wandb=use_wandb, wandb_project=wandb_project,
                         wandb_entity=wandb_entity, wandb_tags=wandb_tags, wandb_notes=wandb_notes)
+from utils.training import setup_wandb
+wandb_mode = setup_wandb(config, workspace)
 """),
     ]),
     ("Training", [
@@ -291,7 +342,68 @@ def cell_id(index: int, source: str) -> str:
     return f"c{index:02d}-" + hashlib.sha1(source.encode()).hexdigest()[:8]
 
 
-def build() -> nbformat.NotebookNode:
+# ---------------------------------------------------------------------- the library payload
+
+
+def library_members() -> dict[str, bytes]:
+    """What cell 1.1 carries, by path in the archive: exactly what the notebook imports."""
+    requirements = (ROOT / REQUIREMENTS).read_text()
+    refused = [name for name, _ in parse_requirements(requirements.splitlines())
+               if normalize(name) in NEVER_INSTALL]
+    if refused:
+        raise SystemExit(f"{REQUIREMENTS} lists {', '.join(refused)}: the notebook never installs "
+                         "torch or numpy (Colab's own builds must stay). Remove them.")
+    members = {"utils/__init__.py": (ROOT / "utils" / "__init__.py").read_bytes(),
+               REQUIREMENTS: requirements.encode()}
+    for rel in library_files(PACKAGE):
+        members[f"utils/training/{rel}"] = (PACKAGE / rel).read_bytes()
+    return dict(sorted(members.items()))
+
+
+def library_archive(members: dict[str, bytes]) -> bytes:
+    """A stored zip (fixed order, dates and modes) compressed by xz as a whole, so the output is
+    byte-stable and about a quarter of the source's size."""
+    return _archive(tuple(members.items()))
+
+
+@functools.lru_cache(maxsize=4)
+def _archive(members: tuple[tuple[str, bytes], ...]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.create_system = 3  # unix, whatever system builds it
+            info.external_attr = 0o100644 << 16
+            archive.writestr(info, data)
+    return lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, preset=9)
+
+
+def archive_members(archive: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(lzma.decompress(archive))) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def payload_lines(archive: bytes) -> str:
+    text = base64.b64encode(archive).decode()
+    return "\n".join([
+        f'LIBRARY_VERSION = "{library_version(PACKAGE)}"',
+        f'LIBRARY_HASH = "{library_hash(PACKAGE)}"  # SHA-256 of the library\'s .py files',
+        f'LIBRARY_SHA256 = "{hashlib.sha256(text.encode()).hexdigest()}"  # of the line below',
+        "# utils/training, utils/__init__.py and requirements-training.txt: zip, xz, base64.",
+        f'LIBRARY = "{text}"',
+    ])
+
+
+def embedded_archive(notebook_text: str) -> bytes | None:
+    """The archive inside a written notebook (its JSON escapes the quotes), or None."""
+    match = re.search(r'LIBRARY = \\"([A-Za-z0-9+/=]+)\\"', notebook_text)
+    return base64.b64decode(match[1]) if match else None
+
+
+def build(archive: bytes | None = None) -> nbformat.NotebookNode:
+    """``archive``: the payload's bytes when they must be given (``--check`` reuses the committed
+    ones when only the compressor's output differs); by default built from the library."""
+    payload = payload_lines(archive or library_archive(library_members()))
     cells = []
     for _, section in SECTIONS:
         for spec in section:
@@ -299,8 +411,9 @@ def build() -> nbformat.NotebookNode:
             if spec["kind"] == "markdown":
                 cell = new_markdown_cell(spec["source"])
             else:
-                cell = new_code_cell(spec["source"], metadata={"cellView": "form"})
-            cell["id"] = cell_id(index, spec["source"])
+                source = spec["source"].replace(PAYLOAD_MARK, payload)
+                cell = new_code_cell(source, metadata={"cellView": "form"})
+            cell["id"] = cell_id(index, cell["source"])
             cells.append(cell)
     nb = new_notebook(cells=cells)
     nb.metadata = {
@@ -313,24 +426,42 @@ def build() -> nbformat.NotebookNode:
     return nb
 
 
-def render() -> str:
-    return nbformat.writes(build()) + "\n"
+def render(archive: bytes | None = None) -> str:
+    return nbformat.writes(build(archive)) + "\n"
+
+
+def is_current(current: str) -> bool:
+    """Does the written notebook match the generator? The text must be equal; only when the
+    payload alone differs and holds the very same files (another xz version compresses them to
+    other bytes) is the notebook rendered again around its own payload and compared."""
+    if current == render():
+        return True
+    archive = embedded_archive(current)
+    if archive is None:
+        return False
+    try:
+        same_files = archive_members(archive) == library_members()
+    except (lzma.LZMAError, zipfile.BadZipFile, ValueError):
+        return False
+    return same_files and current == render(archive)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if training.ipynb is stale")
     args = parser.parse_args(argv)
-    text = render()
     if args.check:
         current = NOTEBOOK.read_text() if NOTEBOOK.exists() else ""
-        if current != text:
-            print(f"{NOTEBOOK.name} is out of date: run `python build_notebook.py`.")
+        if not is_current(current):
+            print(f"{NOTEBOOK.name} is out of date (its cells or the library it carries): run "
+                  "`python build_notebook.py`.")
             return 1
-        print(f"{NOTEBOOK.name} matches the generator.")
+        print(f"{NOTEBOOK.name} matches the generator and carries the current library.")
         return 0
-    NOTEBOOK.write_text(text)
-    print(f"Wrote {NOTEBOOK.name}: {len(build().cells)} cells.")
+    nb = build()
+    NOTEBOOK.write_text(nbformat.writes(nb) + "\n")
+    print(f"Wrote {NOTEBOOK.name}: {len(nb.cells)} cells, carrying library version "
+          f"{library_version(PACKAGE)} ({NOTEBOOK.stat().st_size // 1024} KiB).")
     return 0
 
 

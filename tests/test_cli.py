@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
+import pytest
+
 from utils.training.__main__ import main
 
 TINY = ["run_name=cli", "data_source=synthetic", "vocab_size=16", "synthetic_tokens=6000",
@@ -30,3 +35,89 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys):
     assert "learning_rate = -1.0" in err and "n_heads = 3" in err and "Traceback" not in err
     assert main(["dashboard", "nosuch", "--workspace", ws]) == 2
     assert "no run named 'nosuch'" in capsys.readouterr().err
+
+
+def stored_runs(ws, names):
+    """A workspace whose database holds a run per name (two epochs each); returns their ids.
+    Names go in with SQL: the library refuses unsafe ones, but an old database may hold them."""
+    import sqlite3
+
+    from utils.training import metric_names as M
+    from utils.training.experiment_db import ExperimentDB
+
+    ids = []
+    with ExperimentDB(ws / "experiments.db", verbose=False) as db:
+        for _ in names:
+            run_id = db.start_run({"run_name": "placeholder"})
+            for epoch in (1, 2):
+                db.log_metrics(run_id, {M.TRAIN_LOSS: 2.0 / epoch, M.VAL_LOSS: 2.1 / epoch},
+                               step=epoch * 10, epoch=epoch)
+            db.finish_run(run_id)
+            ids.append(run_id)
+    with sqlite3.connect(ws / "experiments.db") as conn:
+        for run_id, name in zip(ids, names):
+            conn.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
+    return ids
+
+
+def files_under(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_dashboard_takes_a_run_id_and_names_the_cli_command_when_none_matches(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    first, _ = stored_runs(ws, ["alpha", "beta"])
+    assert main(["dashboard", str(first), "--workspace", str(ws)]) == 0  # help: "run id or name"
+    assert f"Dashboard of run {first} (alpha" in capsys.readouterr().out
+    assert (ws / "results" / "alpha_dashboard.png").is_file()
+    assert main(["dashboard", "nope", "--workspace", str(ws)]) == 2
+    err = capsys.readouterr().err
+    assert "no run named 'nope'" in err and "python -m utils.training runs" in err
+    assert "db.list_runs()" not in err and "Traceback" not in err
+    assert main(["dashboard", "99", "--workspace", str(ws)]) == 2  # no such id, nor name
+    assert "no run named '99'" in capsys.readouterr().err
+
+
+def test_names_from_the_command_line_or_the_database_stay_in_the_workspace(tmp_path, capsys):
+    ws, outside = tmp_path / "a" / "b" / "ws", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").mkdir()
+    (outside / "x" / "theirs.txt").write_text("keep")
+    assert main(["export", "../../../outside/x", "--workspace", str(ws)]) == 2
+    err = capsys.readouterr().err
+    assert "A-Z a-z 0-9 . _ -" in err and "Traceback" not in err
+    assert files_under(outside) == ["x", "x/theirs.txt"] and not ws.exists()
+
+    ws.mkdir(parents=True)
+    (run_id,) = stored_runs(ws, ["../../../outside/x"])  # a name an old version let in
+    for ref in ("../../../outside/x", str(run_id)):
+        assert main(["dashboard", ref, "--workspace", str(ws)]) == 2
+        err = capsys.readouterr().err
+        assert "--output" in err and "A-Z a-z 0-9 . _ -" in err
+    assert files_under(outside) == ["x", "x/theirs.txt"]
+    png = tmp_path / "chosen.png"
+    assert main(["dashboard", str(run_id), "--workspace", str(ws), "--output", str(png)]) == 0
+    assert png.is_file()
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "disk is full"),
+                                          (errno.EACCES, "Permission denied"),
+                                          (errno.EROFS, "read-only")])
+def test_a_full_or_read_only_disk_is_one_clear_message(tmp_path, capsys, monkeypatch, code,
+                                                       advice):
+    # Whatever the run was writing when the disk filled (its config, the token cache, a
+    # checkpoint): OSError reaches the CLI, which must say what failed, where and what to do.
+    from utils.training import __main__ as cli
+
+    target = tmp_path / "ws" / "configs" / "cli.json"
+
+    def create(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(cli.TrainingSession, "create", create)
+    assert main(["train", "--workspace", str(tmp_path / "ws"), "--no-progress", *sets(TINY)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: `train` failed on ")
+    assert str(target) in err and advice in err and "--workspace" in err
+    assert len(err.strip().splitlines()) == 1

@@ -163,7 +163,8 @@ def test_text_column_choice_and_ambiguity(tmp_path):
     pd.DataFrame({"id": range(6), "content": docs(6)}).to_csv(path, index=False)
     assert len(load_text_data(cfg(data_path=str(path)))["train"]) > 0  # the only string column
     pd.DataFrame({"title": docs(6), "body": docs(6)[::-1]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"several text columns \['title', 'body'\].*text_column"):
+    with pytest.raises(DataError, match=r"several text columns \['title', 'body'\]; set "
+                       r"text_column \(in the notebook: the field under data_source in cell 2\.1"):
         load_text_data(cfg(data_path=str(path)))
     dd = load_text_data(cfg(data_path=str(path), text_column="body"))
     assert sorted(texts(dd, "train") + texts(dd, "validation")) == sorted(docs(6))
@@ -185,12 +186,36 @@ def test_text_column_is_ignored_where_there_is_no_table(tmp_path):
     assert load_token_data(synthetic).train_ids.numel() == 1500
 
 
-def test_empty_rows_are_dropped(tmp_path):
+def test_empty_rows_are_dropped_and_counted(tmp_path, capsys):
     pd.DataFrame({"text": ["", "real text one", "   ", "real text two", None, "three"]}).to_json(
         tmp_path / "d.jsonl", orient="records", lines=True)
     dd = load_text_data(cfg(data_path=str(tmp_path / "d.jsonl")))
     assert sorted(texts(dd, "train") + texts(dd, "validation")) == [
         "real text one", "real text two", "three"]
+    assert "Skipped 3 of 6 rows" in capsys.readouterr().out  # never silently
+
+
+def test_jsonl_rows_with_different_keys_are_refused_not_half_dropped(tmp_path):
+    rows = [{"text": "first row"}, {"body": "second row"}, {"text": "third row"},
+            {"body": "fourth row"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl keeps its text under different keys: "
+                       r"'text' in 2 rows, 'body' in 2 rows.*rename 'body' to 'text'"):
+        load_text_data(cfg(data_path=str(path)))
+    with pytest.raises(DataError, match="different keys"):  # naming one column drops the rest too
+        load_text_data(cfg(data_path=str(path), text_column="body"))
+
+
+def test_a_text_column_empty_in_every_row_is_called_empty(tmp_path):
+    path = tmp_path / "blank.csv"
+    path.write_text("text,n\n,1\n,2\n,3\n")  # read as an all-null float column
+    with pytest.raises(DataError, match=r"blank\.csv has no text to train on: every row of "
+                       r"column 'text' is empty") as info:
+        load_text_data(cfg(data_path=str(path)))
+    assert "no text column" not in str(info.value)
+    with pytest.raises(DataError, match="Column 'text' of .*blank.csv is empty in every row"):
+        load_text_data(cfg(data_path=str(path), text_column="text"))
 
 
 # --- bad inputs -----------------------------------------------------------------------------
@@ -284,6 +309,67 @@ def test_upload_outside_colab_without_a_path_says_what_to_do(workspace):
         load_text_data(cfg(data_source="upload", data_path=""), workspace)
 
 
+def test_reusing_an_upload_is_said_once_not_at_every_load(workspace, tmp_path, capsys):
+    src = tmp_path / "mine.txt"
+    src.write_text("\n".join(docs(20)))
+    load_text_data(cfg(data_source="upload", data_path=str(src)), workspace)
+    capsys.readouterr()
+    config = cfg(data_source="upload", data_path="")
+    for _ in range(3):  # the preview, the time estimate and training each resolve the source
+        load_token_data(config, workspace)
+    out = capsys.readouterr().out
+    assert out.count("Reusing the earlier upload") == 1
+    assert "set data_path" in out  # the CLI's name for the field
+
+
+def test_upload_cell_pins_its_file_and_names_its_own_fields(workspace, monkeypatch, capsys):
+    from utils.training.notebook import DataChoice
+
+    first, second = "\n".join(docs(10)).encode(), "\n".join(docs(12)[::-1]).encode()
+    calls = fake_colab(monkeypatch, [{"first.txt": first}, {"second.txt": second}])
+    data = DataChoice("upload")
+    data.use("upload", data_path="", workspace=workspace)
+    kept = workspace.datasets / "uploads" / "first.txt"
+    assert len(calls) == 1 and data.settings["data_path"] == str(kept)
+    # The later cells (estimate, training) read the pinned file: nothing is looked up again.
+    capsys.readouterr()
+    config = TrainingConfig(tokenizer="byte").replace(**data.settings)
+    load_token_data(config, workspace)
+    load_token_data(config, workspace)
+    assert "Reusing" not in capsys.readouterr().out
+
+    again = DataChoice("upload")  # Run all again, upload_new unticked: no dialog
+    again.use("upload", data_path="", workspace=workspace)
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and again.settings["data_path"] == str(kept)
+    assert "Reusing the earlier upload" in out and "upload_new" in out and "upload_path" in out
+    assert "data_path" not in out
+
+    new = DataChoice("upload")  # upload_new ticked: the dialog opens again
+    new.use("upload", data_path="", ask_again=True, workspace=workspace)
+    assert len(calls) == 2
+    assert new.settings["data_path"] == str(workspace.datasets / "uploads" / "second.txt")
+
+
+def test_several_files_uploaded_at_once_are_reused_together(workspace, monkeypatch):
+    from utils.training.data.sources import find_upload
+
+    calls = fake_colab(monkeypatch, [{"a.txt": b"alpha text here", "b.txt": b"beta text here"}])
+    folder = find_upload(workspace)
+    assert folder.is_dir() and sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
+    assert find_upload(workspace) == folder and len(calls) == 1  # the set, not its newest file
+    dd = load_text_data(cfg(data_source="upload", data_path=""), workspace)
+    assert sorted(texts(dd, "train") + texts(dd, "validation")) == ["alpha text here",
+                                                                    "beta text here"]
+
+
+def test_asking_for_a_new_upload_outside_colab_names_the_field(workspace):
+    from utils.training.notebook import DataChoice
+
+    with pytest.raises(DataError, match="no upload dialog outside Colab: set upload_path"):
+        DataChoice("upload").use("upload", data_path="", ask_again=True, workspace=workspace)
+
+
 # --- the Hub --------------------------------------------------------------------------------
 
 
@@ -369,8 +455,8 @@ def test_second_load_uses_the_cache_without_tokenizing(workspace, tmp_path, monk
     assert "cached at" in capsys.readouterr().out and not first.from_cache
     folder = first.cache_path
     assert folder.parent == workspace.datasets
-    assert {p.name for p in folder.iterdir()} == {"train.npy", "validation.npy", "tokenizer.json",
-                                                  "meta.json"}
+    assert {"train.npy", "validation.npy", "tokenizer.json", "meta.json"} <= {
+        p.name for p in folder.iterdir()}
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["train_tokens"] == first.train_ids.numel() and meta["dtype"] == "uint16"
     assert np.load(folder / "train.npy").dtype == np.uint16
@@ -394,6 +480,39 @@ def test_second_load_uses_the_cache_without_tokenizing(workspace, tmp_path, monk
     assert direct.from_cache and torch.equal(direct.val_ids, first.val_ids)
     with pytest.raises(DataError, match="holds tokens cached"):
         load_text_data(cfg(data_source="local", data_path=str(folder)))
+
+
+def test_a_cache_folder_named_directly_records_the_tokenizer_it_was_made_with(
+        workspace, tmp_path, capsys):
+    from utils.training.experiment_db import ExperimentDB
+    from utils.training.notebook import DataChoice
+    from utils.training.pipeline import prepare
+    from utils.training.session import TrainingSession
+
+    write_corpus(tmp_path / "c")
+    made = load_token_data(cfg(data_path=str(tmp_path / "c"), tokenizer="bpe", vocab_size=300),
+                           workspace)
+    # The form still says byte / 8192, as the run did.
+    config = TrainingConfig(run_name="cached", data_source="local", data_path=str(made.cache_path),
+                            tokenizer="byte", vocab_size=8192, n_layers=1, n_heads=2, d_model=16,
+                            block_size=8, batch_size=4, epochs=1)
+    prepared = prepare(config, workspace)
+    assert (prepared.config.tokenizer, prepared.config.vocab_size) == ("bpe", 300)
+    assert "made with tokenizer='bpe', vocab_size=300" in capsys.readouterr().out
+    saved = json.loads((workspace.configs / "cached.json").read_text())
+    assert (saved["tokenizer"], saved["vocab_size"]) == ("bpe", 300)
+    with ExperimentDB.open_for_workspace(workspace, verbose=False) as db:
+        session = TrainingSession.create(config, workspace, db=db, live_plot=False,
+                                         progress=False, verbose=False)
+        logged = db.get_run(session.tracker.run_id)["config"]
+    assert (logged["tokenizer"], logged["vocab_size"]) == ("bpe", 300)
+    assert session.config.tokenizer == "bpe"
+
+    # The notebook's data cell says so before the configuration cell builds the config.
+    data = DataChoice("local")
+    data.use("local", data_path=str(made.cache_path), workspace=workspace)
+    assert data.settings["tokenizer"] == "bpe" and data.settings["vocab_size"] == 300
+    assert "cached tokens at" in capsys.readouterr().out
 
 
 def test_cache_key_changes_with_what_changes_the_tokens(workspace, tmp_path):

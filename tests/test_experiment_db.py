@@ -6,19 +6,26 @@ import ast
 import hashlib
 import math
 import multiprocessing
+import os
 import random
 import shutil
 import sqlite3
+import struct
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from utils.training import db_schema
 from utils.training import metric_names as M
 from utils.training.db_schema import SCHEMA_VERSION
 from utils.training.experiment_db import ExperimentDB, ExperimentDBError
+from utils.training.metrics_tracker import MetricsTracker
 from utils.training.training_config import TrainingConfig
 from utils.training.workspace import Workspace
 
@@ -291,12 +298,13 @@ def test_migrates_a_v1_database_without_losing_anything(tmp_path, capsys):
     with sqlite3.connect(old) as conn:
         conn.executescript(V1_SCHEMA)
     with ExperimentDB(old) as db:
-        assert "from schema v1 to v2" in capsys.readouterr().out
+        assert f"from schema v1 to v{SCHEMA_VERSION}" in capsys.readouterr().out
         run = db.get_run(1)
         assert (run["name"], run["status"], run["tags"], run["notes"]) == (
             "old", "completed", ["v1"], "from last year")
         assert run["config"] == {"run_name": "old", "epochs": 2} and run["summary"] == {"best": 1.5}
         assert run["study"] is None and run["parent_run_id"] is None  # the new columns
+        assert run["pid"] is None and run["host"] is None
         values = db.get_metrics(1)["value"].tolist()
         assert values[:2] == [2.0, 1.5] and math.isnan(values[2])
         assert db.get_artifacts(1)["sha256"].tolist() == ["abc"]
@@ -361,6 +369,108 @@ def test_closed_database_says_so(tmp_path):
     db.close()  # twice is fine
     with pytest.raises(ExperimentDBError, match="closed"):
         db.start_run({"run_name": "r"})
+
+
+def wal_pair(tmp_path: Path, rows: int, cut: bool) -> Path:
+    """The files a full disk (or a kill) during the database's life leaves: the main file as
+    the last checkpoint left it plus a big -wal holding every row since. ``cut``: a checkpoint
+    was cut short after it wrote page 1, so the main file's header promises pages it lacks."""
+    live = ExperimentDB(tmp_path / "live" / "experiments.db", verbose=False)
+    live._conn.execute("PRAGMA wal_autocheckpoint = 0")  # no checkpoint could run
+    run_id = live.start_run({"run_name": "kept", "pad": "x" * 3000})
+    live.log_metrics_many([(run_id, M.BATCH_LOSS, float(i), i, 1, None) for i in range(rows)])
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in ("experiments.db", "experiments.db-wal"):  # what the disk holds at the crash
+        shutil.copyfile(tmp_path / "live" / name, crashed / name)
+    live.close()
+    if cut:
+        wal = (crashed / "experiments.db-wal").read_bytes()
+        page = struct.unpack(">I", wal[8:12])[0]
+        frames = [wal[o:o + 24 + page] for o in range(32, len(wal) - page, 24 + page)]
+        page_1 = [f[24:] for f in frames if struct.unpack(">I", f[:4])[0] == 1][-1]
+        main = bytearray((crashed / "experiments.db").read_bytes())
+        main[:page] = page_1
+        (crashed / "experiments.db").write_bytes(bytes(main))
+    return crashed / "experiments.db"
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["full-disk", "checkpoint-cut-short"])
+def test_a_database_with_its_wal_opens_with_every_row(tmp_path, cut):
+    path = wal_pair(tmp_path, rows=3000, cut=cut)
+    assert path.stat().st_size < Path(f"{path}-wal").stat().st_size  # the rows are in the log
+    with ExperimentDB(path, verbose=False) as db:
+        assert db._query("PRAGMA integrity_check") == [("ok",)]
+        assert db.get_metrics("kept")["step"].tolist() == list(range(3000))
+        db.log_metrics(db.start_run({"run_name": "after"}), {M.VAL_LOSS: 1.0}, step=1)
+    with ExperimentDB(path, verbose=False) as db:  # and the pair became one whole file again
+        assert len(db.get_metrics("kept")) == 3000 and len(db.list_runs()) == 2
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_row_left_running_by_a_killed_process_is_interrupted_and_taken_over(db, capsys):
+    run_id = db.start_run({"run_name": "r", "epochs": 2}, tags=["a"])
+    # The default flush: 200 steps reached the database before the kill, no checkpoint did.
+    db.log_metrics_many([(run_id, M.BATCH_LOSS, 2.0, s, 1, None) for s in range(1, 201)])
+    assert db.list_runs().loc[0, "status"] == "running"  # its process (this one) is alive
+    with db._write() as conn:
+        conn.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead_pid(), run_id))
+    assert db.get_run(run_id)["status"] == "interrupted"
+    assert db.list_runs().loc[0, "status"] == "interrupted"
+    assert db.list_runs(status="interrupted")["id"].tolist() == [run_id]
+    assert db.list_runs(status="running").empty
+
+    again = db.start_run({"run_name": "r", "epochs": 3}, tags=["b"])  # the restart
+    assert again == run_id and "left running by a process that is gone" in capsys.readouterr().out
+    runs = db.list_runs()
+    assert runs["id"].tolist() == [run_id] and runs.loc[0, "status"] == "running"
+    assert db.get_run(run_id)["config"]["epochs"] == 3 and db.get_run(run_id)["tags"] == ["a", "b"]
+    assert db.get_run(run_id)["pid"] == os.getpid()
+
+    # Training restarts from step 0 (no checkpoint): each step ends up in the history once.
+    tracker = MetricsTracker(db, run_id=again, track_gpu=False, flush_every=50)
+    tracker.on_train_start(SimpleNamespace(global_step=0, device=None))
+    for step in range(1, 121):
+        tracker.log_batch(step=step, loss=1.0, learning_rate=1e-3, grad_norm=0.5, tokens=64)
+    tracker.flush()
+    assert db.get_metrics(run_id, [M.BATCH_LOSS])["step"].tolist() == list(range(1, 121))
+
+
+def test_only_abandoned_rows_of_the_same_run_are_taken_over(db):
+    live = db.start_run({"run_name": "live"})  # this process is still writing it
+    assert db.start_run({"run_name": "live"}) != live
+    trial = db.start_run({"run_name": "t"}, study="s1")
+    with db._write() as conn:
+        conn.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead_pid(), trial))
+    assert db.start_run({"run_name": "t"}, study="s2") != trial  # another study's run
+    done = db.start_run({"run_name": "done"})
+    db.finish_run(done)
+    assert db.start_run({"run_name": "done"}) != done  # a finished run is never reopened so
+    # Elsewhere (another machine, or a row from before pids were kept) only time can tell.
+    old, recent = db.start_run({"run_name": "far"}), db.start_run({"run_name": "near"})
+    with db._write() as conn:
+        conn.execute("UPDATE runs SET host = 'another-vm', updated_at = ? WHERE id = ?",
+                     (time.time() - 2 * db_schema.STALE_RUN_SECONDS, old))
+        conn.execute("UPDATE runs SET host = 'another-vm' WHERE id = ?", (recent,))
+    statuses = db.list_runs().set_index("id")["status"]
+    assert statuses[old] == "interrupted" and statuses[recent] == "running"
+    assert db.start_run({"run_name": "far"}) == old
+    assert db.start_run({"run_name": "near"}) != recent
+
+
+def test_run_statuses_are_defined_once():
+    assert db_schema.STATUSES is M.STATUSES
+    root = Path(__file__).resolve().parents[1] / "utils" / "training"
+    for name in ("experiment_db.py", "db_schema.py", "db_frames.py", "metrics_tracker.py",
+                 "__main__.py", "workspace.py"):
+        tree = ast.parse((root / name).read_text())
+        literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert not literals & set(M.STATUSES), f"{name}: use metric_names' status constants"
 
 
 # ---------------------------------------------------------------------- concurrency
@@ -449,12 +559,12 @@ def test_restore_never_replaces_a_copy_another_process_restored_first(tmp_path, 
     def copy_while_another_worker_restores(src, dst):
         real_copy(src, dst)
         with ExperimentDB(tmp_path / "local" / "experiments.db", verbose=False) as other:
-            other.start_run({"run_name": "other worker"})  # it restored first and is writing
+            other.start_run({"run_name": "other-worker"})  # it restored first and is writing
 
     monkeypatch.setattr(shutil, "copyfile", copy_while_another_worker_restores)
     with ExperimentDB.open_for_workspace(ws, verbose=False) as db:
         monkeypatch.setattr(shutil, "copyfile", real_copy)
-        assert db.list_runs()["name"].tolist() == ["other worker"]
+        assert db.list_runs()["name"].tolist() == ["other-worker"]
 
 
 def test_local_workspace_uses_its_file_directly(workspace, tmp_path):

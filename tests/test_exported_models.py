@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -544,3 +547,68 @@ def test_model_from_config_gist_needs_trust(github, tmp_path, tiny_config):
     config = tiny_config(model_source="gist", model_ref=GIST_ID)
     with pytest.raises(ModelLoadError, match="trust=True"):
         model_from_config(config, 16, cache_dir=tmp_path, api_base=github.url, verbose=False)
+
+
+# ----------------------------------------------------------------------------- someone else's folder
+
+def test_a_folder_that_requires_trust_is_refused_and_shows_its_hashes(tmp_path, capsys):
+    marker = tmp_path / "model_py_ran"
+    code = model_py(prelude=f"open({str(marker)!r}, 'w').write('ran')")
+    folder = write_export(tmp_path / "bundle" / "model_source", code, BASE_CONFIG)
+    digest = hashlib.sha256(code.encode()).hexdigest()
+    with pytest.raises(ModelLoadError, match="pass trust=True") as info:
+        load_exported_model(str(folder), vocab_size=VOCAB, require_trust=True, verbose=False)
+    assert not marker.exists() and digest in str(info.value)
+    capsys.readouterr()
+    model = load_exported_model(str(folder), vocab_size=VOCAB, require_trust=True, trust=True,
+                                verbose=False)
+    assert marker.exists() and model.vocab_size == VOCAB
+    assert digest in capsys.readouterr().out  # shown even when quiet
+
+
+# ----------------------------------------------------------------------------- plain-torch recipe
+
+def test_readme_recipe_rebuilds_every_style_with_plain_torch(tmp_path):
+    """The lines a bundle's README shows, run from an empty folder without this library, build
+    each style of export, load its weights and sample exactly what our model samples."""
+    from utils.training.data import IdentityTokenizer
+    from utils.training.models.standalone import torch_snippet
+    from utils.training.models.weights import save_weights
+
+    scripts, expected = [], []
+    for i, (init, forward, prelude) in enumerate(STYLES.values()):
+        bundle = tmp_path / f"bundle{i}"
+        code = "from __future__ import annotations\n" + model_py(init, forward, prelude)
+        config = {**BASE_CONFIG, "n_vocab": 99, "vocab_size": 7}
+        source = write_export(bundle / "model_source", code, config)
+        torch.manual_seed(i)
+        model = load_exported_model(str(source), vocab_size=VOCAB, verbose=False).eval()
+        save_weights(bundle / "model.safetensors", model.inner.state_dict())
+        IdentityTokenizer(VOCAB).save(bundle / "tokenizer.json")
+        script = torch_snippet(model.source_info["recipe"], config, bundle=str(bundle),
+                               source_dir="model_source", weights="model.safetensors",
+                               tokenizer="tokenizer.json", prompt="3 1", start_id=0,
+                               block_size=6, max_new_tokens=10)
+        assert "utils" not in script
+        scripts.append(tmp_path / f"snippet{i}.py")
+        scripts[-1].write_text(script)
+        torch.manual_seed(0)  # the script's sampling loop, with our model
+        ids = [3, 1]
+        with torch.no_grad():
+            for _ in range(10):
+                probs = torch.softmax(model(torch.tensor([ids[-6:]]))[0, -1] / 0.8, dim=-1)
+                ids.append(int(torch.multinomial(probs, 1)))
+        expected.append(" ".join(map(str, ids)))
+
+    driver = ("import importlib.util, runpy, sys\n"
+              "assert importlib.util.find_spec('utils') is None, 'utils is importable'\n"
+              "for path in sys.argv[1:]:\n"
+              "    runpy.run_path(path, run_name='__main__')\n")
+    stranger = tmp_path / "elsewhere"
+    stranger.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", driver, *map(str, scripts)], cwd=stranger,
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == expected

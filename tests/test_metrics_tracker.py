@@ -408,6 +408,19 @@ def test_state_dict_round_trips_through_a_weights_only_checkpoint(tmp_path, monk
     assert [s for _, s in resumed.wandb_run.logged] == [8]
 
 
+def test_a_start_from_step_0_drops_the_rows_a_killed_attempt_left():
+    # start_run handed over a row whose process was killed before its first checkpoint: its
+    # steps are trained again from 0, so they must not stay in the database twice.
+    db = FakeDB()
+    MetricsTracker(db, run_id=4, track_gpu=False).on_train_start(
+        SimpleNamespace(device=torch.device("cpu"), global_step=0))
+    assert db.of("trim") == [("trim", 4, 0)]
+    quiet = FakeDB()  # no run yet: nothing to trim, and no error before the first row
+    MetricsTracker(quiet, track_gpu=False).on_train_start(
+        SimpleNamespace(device=torch.device("cpu"), global_step=0))
+    assert quiet.calls == []
+
+
 def test_different_runs_after_resume_are_reported(capsys):
     tracker = MetricsTracker(FakeDB(), run_id=2, wandb_run=FakeRun("old"), track_gpu=False)
     state = tracker.state_dict()
@@ -444,6 +457,11 @@ def test_to_csv_and_save_csv(tmp_path):
     assert list(batches.columns) == list(M.BATCH_COLUMNS) and len(batches) == 6
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
     assert leftovers == []  # atomic writes leave no temp files
+    before = sorted(tmp_path.rglob("*"))
+    for bad in ("../escaped", "/abs", "a/b"):
+        with pytest.raises(ValueError, match="A-Z a-z 0-9"):
+            tracker.save_csv(tmp_path / "results", bad)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 # --------------------------------------------------------------------------- with the trainer

@@ -1,6 +1,7 @@
 """Run training.ipynb top to bottom with a real kernel, as *Run all* in Colab would (on CPU, fast
 mode, synthetic data), then check what it left behind, and that a second run of the same
-notebook reports the finished run instead of training again."""
+notebook reports the finished run instead of training again. The kernel starts in a folder where
+``utils`` is not importable, so cell 1.1 installs the library the notebook carries."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def executed(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TRANSFORMER_TRAINING_HOME", str(home / "ws"))  # the kernel inherits it
     mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("TMPDIR", str(home / "tmp"))  # where cell 1.1 unpacks the library it carries
+    mp.delenv("PYTHONPATH", raising=False)  # nothing but the notebook provides `utils`
+    (home / "tmp").mkdir()
     try:
         first = run_notebook(ROOT / "training.ipynb", FORM, output=home / "first.ipynb",
                              timeout=600, cwd=home)
@@ -57,6 +61,7 @@ def test_run_all_trains_and_leaves_every_artifact(executed):
     ws, first, _ = executed
     text = outputs_text(first)
     assert "ERROR" not in text and "Traceback" not in text
+    assert "unpacked from this notebook into" in text and str(ws.parent / "tmp") in text
     assert "Found a checkpoint" not in text and "starting from scratch" in text
     with ExperimentDB(ws / "experiments.db", verbose=False) as db:
         runs = db.list_runs()
@@ -80,7 +85,7 @@ def test_run_all_again_reports_the_finished_run(executed):
     ws, _, second = executed
     text = outputs_text(second)
     assert "ERROR" not in text
-    assert "already finished 2 epochs" in text
+    assert "already finished its 2 epochs: nothing to train" in text
     with ExperimentDB(ws / "experiments.db", verbose=False) as db:
         assert len(db.list_runs()) == 1  # the same run row, not a second one
 

@@ -24,6 +24,12 @@ MARKDOWN = [c for c in NB.cells if c.cell_type == "markdown"]
 PARAM = re.compile(r"^(?P<name>[A-Za-z_]\w*) = (?P<value>.+?)  # @param (?P<spec>.+)$")
 
 
+def without_payload(cell_source: str) -> str:
+    """Cell 1.1 minus its one payload line (base64 text, which no code-style rule applies to)."""
+    return "\n".join(line for line in cell_source.splitlines()
+                     if not line.startswith("LIBRARY = "))
+
+
 def python_source(cell_source: str) -> str:
     """The cell as IPython would run it: `!shell` lines become function calls."""
     from IPython.core.inputtransformer2 import TransformerManager
@@ -103,7 +109,7 @@ def test_code_cells_parse(cell):
 
 def test_code_cells_are_ruff_clean(tmp_path):
     """Linted as one module in cell order, the way a kernel sees them (names flow between cells)."""
-    header = "from IPython import get_ipython\nfrom IPython.display import display\n"
+    header = "from IPython import get_ipython  # noqa: F401\nfrom IPython.display import display\n"
     body = "\n\n".join(python_source(c.source) for c in CODE)
     (tmp_path / "notebook_cells.py").write_text(header + body)
     ruff = Path(sys.executable).with_name("ruff")
@@ -119,7 +125,7 @@ def test_cells_hold_no_loops_sql_or_plotting():
         tree = ast.parse(python_source(cell.source))
         for node in ast.walk(tree):
             assert not isinstance(node, (ast.For, ast.While, ast.AsyncFor)), cell.source
-        text = cell.source.lower()
+        text = without_payload(cell.source).lower()
         assert not re.search(r"\bselect\b.+\bfrom\b|\binsert\s+into\b|\bcreate\s+table\b", text)
         assert "plt." not in text and "matplotlib" not in text and ".plot(" not in text
 
@@ -151,3 +157,76 @@ def test_every_library_name_the_notebook_imports_exists():
     assert imported, "the install cell imports the library"
     for name in imported:
         assert name in lib.__all__ and hasattr(lib, name), name
+
+
+# ---------------------------------------------------------------------- the library it carries
+
+
+def install_cell_values() -> dict[str, str]:
+    """The LIBRARY_* assignments of cell 1.1, as written."""
+    return {m[1]: m[2] for m in re.finditer(r'^(LIBRARY\w*) = "([^"]*)"', CODE[0].source, re.M)}
+
+
+def test_install_cell_carries_exactly_the_library():
+    """What cell 1.1 unpacks is the library on disk: every .py file of utils/training, the
+    package marker and the requirements, with the hash install.py computes at runtime."""
+    import base64
+    import hashlib
+
+    from utils.training.install import library_files, library_hash, library_version
+
+    values = install_cell_values()
+    assert hashlib.sha256(values["LIBRARY"].encode()).hexdigest() == values["LIBRARY_SHA256"]
+    members = build_notebook.archive_members(base64.b64decode(values["LIBRARY"]))
+    package = ROOT / "utils" / "training"
+    expected = {f"utils/training/{rel}": (package / rel).read_bytes()
+                for rel in library_files(package)}
+    expected["utils/__init__.py"] = (ROOT / "utils" / "__init__.py").read_bytes()
+    expected["requirements-training.txt"] = (ROOT / "requirements-training.txt").read_bytes()
+    assert members == expected
+    assert "utils/training/install.py" in members and "utils/training/__init__.py" in members
+    assert values["LIBRARY_HASH"] == library_hash(package)
+    assert values["LIBRARY_VERSION"] == library_version(package) != "unknown"
+
+
+def test_install_cell_is_plain_python_with_a_short_visible_part():
+    """No `!` shell lines (it must also run under exec), no old repository URL, and everything
+    but the one payload line fits on a screen."""
+    source = CODE[0].source
+    assert python_source(source) == source + "\n" or python_source(source) == source
+    assert not any(line.lstrip().startswith(("!", "%")) for line in source.splitlines())
+    assert "REPO_URL" not in source and "github.com" not in source
+    visible = without_payload(source).splitlines()
+    assert len(visible) <= 45 and max(len(line) for line in visible) <= 120
+    assert sum(len(line) > 1000 for line in source.splitlines()) == 1
+    assert 'install_from = "bundled"  # @param ["bundled", "git", "drive"]' in source
+
+
+def test_check_accepts_the_same_files_compressed_differently():
+    """Another xz version may compress the same files to other bytes: --check compares what the
+    payload holds; a payload holding other files (or none) is stale."""
+    import io
+    import lzma
+    import zipfile
+
+    members = build_notebook.library_members()
+    current = build_notebook.render()
+    assert build_notebook.is_current(current)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    other = lzma.compress(buffer.getvalue(), preset=1)
+    assert build_notebook.render(other) != current
+    assert build_notebook.is_current(build_notebook.render(other))
+    changed = dict(members, **{"utils/training/install.py": b"# stale\n"})
+    stale = build_notebook.render(build_notebook.library_archive(changed))
+    assert not build_notebook.is_current(stale)
+    assert not build_notebook.is_current(current.replace("LIBRARY = ", "LIBRARY_X = "))
+
+
+def test_build_refuses_torch_or_numpy_in_the_requirements(tmp_path, monkeypatch):
+    (tmp_path / "requirements-training.txt").write_text("wandb>=0.16\nnumpy>=1.26\n")
+    monkeypatch.setattr(build_notebook, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="numpy"):
+        build_notebook.library_members()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -275,6 +276,50 @@ def test_from_db():
         TrainingDashboard.from_db(db, 99)
 
 
+def test_title_names_the_precision_used_not_auto():
+    summary, history = fake_run(epochs=2)
+    auto = {**CONFIG, "precision": "auto"}
+    assert "fp16" in TrainingDashboard(summary, history, config=auto, precision="fp16").title()
+    assert "auto" not in TrainingDashboard(summary, history, config=auto).title()
+    db = FakeDB({3: ({"name": "r", "config": auto, "summary": {"precision": "bf16"}},
+                     long_metrics(summary, history))})
+    title = TrainingDashboard.from_db(db, 3).title()
+    assert "bf16" in title and "auto" not in title
+
+
+def test_perplexity_axis_labels_a_narrow_range_with_several_ticks():
+    summary, history = fake_run(epochs=5)
+    summary[M.VAL_PERPLEXITY] = [17.0, 14.0, 12.0, 10.0, 9.2]
+    summary[M.TRAIN_PERPLEXITY] = [16.5, 13.0, 11.0, 9.6, 9.0]
+    dash = TrainingDashboard(summary, history, config=CONFIG)
+    dash.plot()
+    ax = dash.panels["perplexity"]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert len(ticks) >= 3, ticks  # 1-2-5 decade ticks would leave only "10"
+    assert ticks == sorted(ticks) and all(t == round(t) for t in ticks)
+    # A wide range keeps the decade ticks.
+    wide = live_plotting.PerplexityLocator().tick_values(20, 8000)
+    assert {50, 100, 1000, 5000} <= {round(t) for t in wide}
+
+
+def test_cpu_panel_keeps_memory_and_throughput_apart():
+    summary, history = fake_run(epochs=1)  # one epoch: one point each, at the same x
+    dash = TrainingDashboard(summary, history, config=CONFIG)
+    fig = dash.plot()
+    fig.savefig(io.BytesIO(), format="png")
+    ax = dash.panels["hardware"]
+    axes = list({id(a): a for a in [ax, *ax.get_shared_x_axes().get_siblings(ax)]}.values())
+    points = [axis.transData.transform(line.get_xydata()[0]) for axis in axes
+              for line in axis.lines]
+    assert len(points) == 2
+    assert np.hypot(*(points[0] - points[1])) > 30  # pixels apart: neither hides the other
+    legend = [axis.get_legend() for axis in axes if axis.get_legend() is not None]
+    assert len(legend) == 1
+    assert sorted(t.get_text() for t in legend[0].get_texts()) == [
+        "process memory (GiB)", "throughput (tokens/s)"]
+
+
 # ---------------------------------------------------------------------- comparison
 
 
@@ -325,6 +370,85 @@ def test_comparison_table_keeps_only_differing_hyperparameters():
     assert table.loc[1, "train time (s)"] == pytest.approx(s2[M.EPOCH_DURATION].sum())
     assert table.loc[1, "tokens/s"] == pytest.approx(s2[M.TOKENS_PER_SEC].mean())
     assert math.isnan(table.loc[2, "best val/loss"]) and table.loc[2, "epochs"] == 0
+
+
+def test_comparison_legend_sits_beside_the_curves():
+    runs = {name: fake_run(epochs=6, seed=i)[0] for i, name in enumerate(["a", "b", "c", "d"])}
+    fig = plot_run_comparison(runs)
+    fig.savefig(io.BytesIO(), format="png")
+    (ax,) = fig.axes
+    legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= frame.x1  # right of the axes: it covers no data
+    assert legend.x1 <= fig.bbox.x1 + 1  # and still inside the saved picture
+
+
+def _run(name, **config):
+    summary, _ = fake_run(epochs=3)
+    return {"name": name, "config": {**CONFIG, "run_name": name, **config}, "summary": summary}
+
+
+def test_comparison_table_blanks_settings_that_do_not_apply():
+    local = dict(data_source="local", data_path="corpus.txt", dataset_name="wikitext",
+                 dataset_config="wikitext-2-raw-v1", tokenizer="byte", vocab_size=8192,
+                 synthetic_tokens=200000, synthetic_order=1)
+    hub = {**local, "data_source": "huggingface", "data_path": ""}
+    table = comparison_table([_run("file", **local), _run("hub", **hub)])
+    rows = table.set_index("run")
+    assert rows.loc["file", "dataset_name"] == "" and rows.loc["hub", "dataset_name"] == "wikitext"
+    assert rows.loc["file", "data_path"] == "corpus.txt" and rows.loc["hub", "data_path"] == ""
+    # Applies to neither run (or is the same where it does): no column at all.
+    assert not {"synthetic_tokens", "synthetic_order", "vocab_size", "tokenizer"} & set(table)
+    assert "caveat" not in table.attrs  # both byte-level: their losses compare
+
+    synthetic = {**local, "data_source": "synthetic", "vocab_size": 16}
+    table = comparison_table([_run("file", **local), _run("chain", **synthetic)])
+    rows = table.set_index("run")
+    assert "dataset_name" not in table.columns and "dataset_config" not in table.columns
+    assert rows.loc["file", "synthetic_tokens"] == "" and rows.loc["chain", "synthetic_tokens"] == 200000
+    builtin, exported = _run("gpt", model_source="builtin"), _run("gist", model_source="gist",
+                                                                 model_ref="abc")
+    table = comparison_table([builtin, {**exported, "config": {**exported["config"], "n_layers": 9}}])
+    rows = table.set_index("run")
+    assert rows.loc["gist", "n_layers"] == ""  # the export's own config.json decides its depth
+    assert rows.loc["gpt", "n_layers"] == 2 and rows.loc["gpt", "model_ref"] == ""
+
+
+def test_runs_with_different_tokenizers_carry_a_caveat():
+    base = dict(data_source="huggingface", dataset_name="wikitext", data_path="")
+    runs = [_run("bpe", **base, tokenizer="bpe", vocab_size=8192),
+            _run("bytes", **base, tokenizer="byte", vocab_size=8192)]
+    table = comparison_table(runs)
+    caveat = table.attrs["caveat"]
+    assert "different tokenizers" in caveat and "not comparable" in caveat
+    assert list(table["tokenizer"]) == ["BPE 8192 of wikitext", "byte"]
+    fig = plot_run_comparison({r["name"]: r["summary"] for r in runs}, caveat=caveat)
+    fig.savefig(io.BytesIO(), format="png")
+    (ax,) = fig.axes
+    assert "different tokenizers" in ax.get_title() and "across 2 runs" in fig.get_suptitle()
+    same = comparison_table([_run("a", **base, tokenizer="byte"), _run("b", **base, tokenizer="byte",
+                                                                     learning_rate=1e-2)])
+    assert "caveat" not in same.attrs and "tokenizer" not in same.columns
+
+
+def test_run_comparison_table_from_the_db_keeps_the_caveat(tmp_path, capsys):
+    from utils.training.experiment_db import ExperimentDB
+    from utils.training.export import run_comparison_table
+    from utils.training.notebook import show_run_comparison
+
+    with ExperimentDB(tmp_path / "x.db", verbose=False) as db:
+        for name, tokenizer in (("one", "bpe"), ("two", "char")):
+            config = {**CONFIG, "run_name": name, "data_source": "local", "data_path": "a.txt",
+                      "dataset_name": "wikitext", "tokenizer": tokenizer, "vocab_size": 4096}
+            run_id = db.start_run(config)
+            for epoch in (1, 2):
+                db.log_metrics(run_id, {M.TRAIN_LOSS: 3.0 / epoch, M.VAL_LOSS: 3.2 / epoch},
+                               step=epoch * 10, epoch=epoch)
+            db.finish_run(run_id)
+        table = run_comparison_table(db)
+        assert list(table["run"]) == ["one", "two"] and "dataset_name" not in table.columns
+        assert "different tokenizers" in table.attrs["caveat"]
+        show_run_comparison(db, last=2)
+    assert "Caution: These runs use different tokenizers" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- helpers
@@ -457,6 +581,18 @@ def test_live_plotter_outside_notebook_draws_nothing_and_saves_png(tmp_path, clo
     png = tmp_path / "results" / "quiet_live.png"
     assert png.read_bytes().startswith(b"\x89PNG")
     assert plotter.draws == 0
+
+
+def test_live_plotter_saves_at_the_path_it_was_given(tmp_path):
+    from utils.training.workspace import UnsafeNameError
+
+    png = tmp_path / "chosen" / "plot.png"
+    plotter = LivePlotter(run_name="any", path=png, live=False)
+    step(plotter, 1, 3.0)
+    plotter.on_train_end(None, None)
+    assert png.read_bytes().startswith(b"\x89PNG") and plotter.save() == png
+    with pytest.raises(UnsafeNameError, match="cannot name a file"):
+        LivePlotter(results_dir=tmp_path, run_name="../outside")  # refused before training
 
 
 class FakeHandle:

@@ -132,9 +132,64 @@ def test_search_prunes_a_bad_trial_and_its_best_config_trains(config, workspace)
     figures = result.figures()
     assert set(figures) == {"optimization_history", "param_importances", "intermediate_values"}
     assert dict(matplotlib.rcParams) == style  # Optuna's global ggplot style was undone
+    # Labelled for this search, not Optuna's "Objective Value" / "Step" with half epochs.
+    history = figures["optimization_history"].axes[0]
+    assert history.get_xlabel() == "trial" and history.get_ylabel().startswith("validation loss")
+    legend = [t.get_text() for t in history.get_legend().get_texts()]
+    assert legend == ["trial's validation loss", "best so far"]
+    curves = figures["intermediate_values"].axes[0]
+    assert curves.get_xlabel() == "epoch" and curves.get_ylabel().startswith("validation loss")
+    low, high = curves.get_xlim()
+    assert [t for t in curves.get_xticks() if low <= t <= high] == [1, 2]
+    importances = figures["param_importances"].axes[0]
+    assert "validation loss" in importances.get_xlabel() and importances.get_legend() is None
+    assert all("Objective" not in ax.get_title(loc=loc) + ax.get_xlabel() + ax.get_ylabel()
+               for f in figures.values() for ax in f.axes for loc in ("left", "center"))
     saved = result.save_figures()
     assert all(p.is_file() and p.stat().st_size > 1000 for p in saved.values())
     assert saved["intermediate_values"].parent == workspace.results / "search" / "tiny"
+
+
+def test_ctrl_c_stops_the_search_cleanly_and_says_what_a_rerun_does(config, workspace,
+                                                                   monkeypatch, capsys):
+    """Colab's stop button during trial 1: no Optuna traceback, no promise of a resume that
+    cannot happen; the trial is marked interrupted and a rerun tops the plan up with new ones."""
+    import logging
+    import signal
+
+    import utils.training.search as search
+
+    def press_stop(self, trainer, metrics):
+        if self.trial.number == 1 and metrics["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(search._ReportToTrial, "on_step_end", press_stop)
+    logged = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        result = run_search(config, workspace, n_trials=3, space=LR_SPACE)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert result.interrupted
+    assert [r.getMessage() for r in logged] == []  # Optuna's "Trial 1 failed" + traceback
+    assert "Traceback" not in text and "resume from here" not in text
+    assert ("Search stopped during trial 1: that trial is recorded as failed (interrupted) and "
+            "will not be continued") in text
+    assert ("1 of 3 trials are finished and kept. Running the same call again starts new "
+            "trials until 3 are finished.") in text
+    assert list(result.trials["state"]) == ["complete", "interrupted"]
+    assert "1 interrupted" in result.summary()
+    runs = _db_runs(workspace, config.run_name).set_index("name")
+    assert runs.loc["tiny-trial-1", "status"] == "interrupted"
+    assert not (workspace.checkpoints / "tiny-trial-1").exists()
+
+    monkeypatch.undo()
+    again = run_search(config, workspace, n_trials=3, space=LR_SPACE, verbose=False)
+    assert list(again.trials["state"]) == ["complete", "interrupted", "complete", "complete"]
 
 
 def test_rerun_continues_the_study_after_a_disconnect(config, tmp_path):

@@ -14,7 +14,7 @@ from utils.training import metric_names as M
 from utils.training import wandb_setup
 from utils.training.callbacks import Callback
 from utils.training.experiment_db import ExperimentDB
-from utils.training.session import TrainingSession, estimate_training_time
+from utils.training.session import TimeEstimate, TrainingSession, estimate_training_time
 from utils.training.trainer import TrainingDivergedError
 
 
@@ -82,7 +82,8 @@ def test_time_estimate_measures_real_steps_without_touching_the_run(tiny_config,
     estimate = estimate_training_time(config, workspace, steps=3, verbose=False)
     assert estimate.seconds_per_step > 0 and estimate.epochs == 3
     assert estimate.total_seconds == pytest.approx(3 * estimate.seconds_per_epoch)
-    assert "per optimizer step" in str(estimate)
+    assert "per optimizer step" in str(estimate) and "median of 3 steps" in str(estimate)
+    assert estimate.eval_batches > 0 and "built-in GPT" in estimate.model
     assert not any(workspace.checkpoints.rglob("*.pt"))  # a throwaway model, no checkpoints
 
 
@@ -180,3 +181,64 @@ def test_running_the_train_cell_again_after_an_interrupt_finishes_the_same_row(
     assert result.epochs_completed == 2
     assert db.get_run(s.tracker.run_id)["status"] == "completed"
     assert len(db.list_runs()) == 1
+
+
+def test_rerunning_a_finished_run_says_so_once_and_leaves_its_row_alone(tiny_config, workspace,
+                                                                        db, capsys):
+    config = tiny_config(epochs=1)
+    first = session(config, workspace, db)
+    first.fit()
+    before = db.get_run(first.tracker.run_id)
+    capsys.readouterr()
+
+    again = session(config, workspace, db, verbose=True)  # Run all, a second time
+    result = again.fit()
+    out = capsys.readouterr().out
+    assert out.count("already finished its 1 epoch: nothing to train") == 1
+    assert "resuming" not in out.lower()
+    assert result.status == "already_finished" and again.tracker.run_id == first.tracker.run_id
+    after = db.get_run(first.tracker.run_id)
+    assert (after["status"], after["finished_at"]) == (before["status"], before["finished_at"])
+    assert after["summary"]["elapsed"] == before["summary"]["elapsed"]
+    assert len(db.list_runs()) == 1
+    assert again.save_dashboard(show=False).is_file()  # the results cells still work
+
+
+def test_a_resumed_runs_time_in_the_db_covers_every_session(tiny_config, workspace, db):
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    first = session(config, workspace, db, callbacks=[Disconnect(step=5)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    result = session(config, workspace, db).fit()
+    run = db.get_run(first.tracker.run_id)
+    epochs = db.get_metrics_wide(first.tracker.run_id)
+    total = float(epochs[M.EPOCH_DURATION].sum())
+    assert result.elapsed == pytest.approx(total)  # what the final line says ...
+    assert run["summary"]["elapsed"] == pytest.approx(total)  # ... is what the DB holds
+    assert 0 < result.seconds_before < result.elapsed
+
+
+def test_dashboard_title_names_the_precision_used_not_auto(tiny_config, workspace, db):
+    s = session(tiny_config(epochs=1, precision="auto"), workspace, db)
+    s.fit()
+    title = s.dashboard().title()
+    assert s.trainer.precision.name in title and "auto" not in title
+
+
+def test_time_estimate_arithmetic_and_what_it_says():
+    estimate = TimeEstimate(seconds_per_step=2.0, steps_per_epoch=100, epochs=3, device="CPU (fp32)",
+                            measured_steps=5, eval_batches=30, grad_accum_steps=2,
+                            model="the built-in GPT (4 layers x 256 d_model)")
+    assert estimate.train_seconds_per_epoch == 200.0
+    # 30 forward-only batches at a third of a training micro-batch (2.0 s / 2 micro-batches).
+    assert estimate.eval_seconds_per_epoch == pytest.approx(30 * 1.0 / 3)
+    assert estimate.seconds_per_epoch == pytest.approx(210.0)
+    assert estimate.total_seconds == pytest.approx(630.0)
+    assert estimate.seconds_for(10) == pytest.approx(2100.0)
+    text = str(estimate)
+    assert "~10m 30s for 3 epochs" in text and "~3m 30s per epoch" in text
+    assert "median of 5 steps" in text and "the built-in GPT (4 layers x 256 d_model)" in text
+    assert "on this runtime at this moment" in text
+    assert "Not counted: loading and tokenising the data, checkpoint saves" in text
+    assert "loaded or shared machine" in text
+    assert "balanced (10 epochs) ~35m 00s" in text

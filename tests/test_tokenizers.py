@@ -181,3 +181,106 @@ def test_unknown_saved_type_is_a_clear_error(tmp_path):
     path.write_text('{"type": "sentencepiece-v9"}')
     with pytest.raises(DataError, match="newer version"):
         load_tokenizer(path)
+
+
+# --- what the files are: plain Hugging Face tokenizer.json, whatever the kind ------------------
+
+
+def every_kind(kind, bpe, tmp_path):
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        return CharTokenizer.train(CORPUS)
+    if kind == "identity":
+        return IdentityTokenizer(50)
+    if kind == "bpe":
+        return bpe
+    make_tokenizer_json(tmp_path / "user.json")
+    return HFTokenizer.from_file(tmp_path / "user.json")
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "identity", "bpe", "file"])
+def test_saved_file_is_a_plain_hugging_face_tokenizer_with_our_ids(kind, bpe, tmp_path):
+    tok = every_kind(kind, bpe, tmp_path)
+    path = tok.save(tmp_path / "run" / "tokenizer.json")
+    assert "type" not in json.loads(path.read_text())  # no wrapper around it
+    core = CoreTokenizer.from_file(str(path))
+    texts = ["3 17 42", "0 49"] if kind == "identity" else TRICKY[:-1] + CORPUS[:4]
+    for text in texts:
+        ids = tok.encode(text)
+        assert core.encode(text, add_special_tokens=False).ids == ids, text
+        if kind != "char" or text in CORPUS:  # char: unseen characters decode to U+FFFD
+            assert core.decode(ids, skip_special_tokens=False) == tok.decode(ids) == text
+    assert core.get_vocab_size() == tok.vocab_size
+    # Beside it, tokenizer_config.json names the end-of-document token for the next reader.
+    config = json.loads(path.with_name("tokenizer_config.json").read_text())
+    assert config.get("eos_token") == (None if kind == "identity" else tok.eos_token
+                                       if isinstance(tok, HFTokenizer) else "<|endoftext|>")
+
+
+def test_char_and_byte_files_decode_like_ours_outside_the_text_too(tmp_path):
+    char = CharTokenizer.train(["abc\n"])
+    core = CoreTokenizer.from_file(str(char.save(tmp_path / "c.json")))
+    ids = [char.eos_id, *char.encode("abQ"), char.eos_id]
+    assert core.decode(ids, skip_special_tokens=False) == char.decode(ids) == "\nab\ufffd\n"
+    byte = ByteTokenizer()
+    core = CoreTokenizer.from_file(str(byte.save(tmp_path / "b.json")))
+    ids = [104, 256, 0xE6, 0x97, 105]  # EOS, then a cut UTF-8 sequence
+    assert core.decode(ids, skip_special_tokens=False) == byte.decode(ids) == "h\n\ufffdi"
+    # A literal "<|endoftext|>" in the text is its bytes / characters, as our encode makes it.
+    text = "x<|endoftext|>y"
+    assert core.encode(text, add_special_tokens=False).ids == byte.encode(text)
+
+
+def test_a_file_that_only_looks_like_ours_stays_a_hugging_face_tokenizer(tmp_path):
+    chars = CharTokenizer.train(["abc"]).to_hf()
+    chars.add_special_tokens(["<|endoftext|>"])  # an added token: its ids may differ from ours
+    chars.save(str(tmp_path / "tokenizer.json"))
+    assert isinstance(load_tokenizer(tmp_path / "tokenizer.json"), HFTokenizer)
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "identity", "bpe"])
+def test_old_wrapper_files_still_load(kind, bpe, tmp_path):
+    """Checkpoint folders and token caches written before the plain format hold {"type": ...}."""
+    tok = every_kind(kind, bpe, tmp_path)
+    old = tmp_path / "tokenizer.json"
+    old.write_text(json.dumps(tok.to_dict()))
+    text = "3 17 42" if kind == "identity" else CORPUS[2]
+    for again in (load_tokenizer(old), build_tokenizer(cfg(tokenizer=str(old)), [])):
+        assert type(again) is type(tok) and again.encode(text) == tok.encode(text)
+        assert (again.vocab_size, again.eos_id) == (tok.vocab_size, tok.eos_id)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char", "byte"])
+def test_a_runs_tokenizer_is_reused_by_the_next_run(kind, workspace, tmp_path):
+    """Run 2 gives tokenizer=<run 1's checkpoints/<run>/tokenizer.json> and gets its ids."""
+    from utils.training.pipeline import prepare
+
+    data = tmp_path / "texts"
+    data.mkdir()
+    for i, text in enumerate(CORPUS[:8]):
+        (data / f"{i}.txt").write_text(text)
+    base = dict(data_source="local", data_path=str(data), val_fraction=0.25, vocab_size=300,
+                block_size=8, batch_size=2, n_layers=1, n_heads=2, d_model=16, seed=1)
+    first = prepare(TrainingConfig(run_name="first", tokenizer=kind, **base), workspace)
+    saved = workspace.run_dir("first") / "tokenizer.json"
+    second = prepare(TrainingConfig(run_name="second", tokenizer=str(saved), **base), workspace)
+    assert not second.data.from_cache  # tokenized again, by the file
+    assert type(second.data.tokenizer) is type(first.data.tokenizer)
+    assert second.data.train_ids.tolist() == first.data.train_ids.tolist()
+    assert second.data.val_ids.tolist() == first.data.val_ids.tolist()
+
+
+@pytest.mark.parametrize("content", ['{"version": "1.0", "model": {"type": "BPE", "vocab": ',
+                                     "\xff\xfe binary", '["a", "list"]', ""])
+def test_a_garbled_tokenizer_file_names_the_file_and_the_fix(content, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content, encoding="latin-1")
+    for load in (lambda: load_tokenizer(path),
+                 lambda: build_tokenizer(cfg(tokenizer=str(path)), [])):
+        with pytest.raises(DataError) as info:
+            load()
+        message = str(info.value)
+        assert str(path) in message and "not a Hugging Face tokenizer.json file" in message
+        assert "Point tokenizer at a Hugging Face tokenizer.json" in message
+        assert "Expecting" not in message and "char " not in message  # no bare JSON parse error

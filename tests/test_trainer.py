@@ -136,7 +136,7 @@ def test_finished_run_is_reported_not_retrained(tiny_config, workspace, capsys):
     prepared = prepare(config, workspace)
     result = prepared.trainer(progress=False).fit()
     assert result.status == "already_finished"
-    assert "already finished 1 epochs" in capsys.readouterr().out
+    assert "already finished its 1 epoch" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- checkpoint safety
@@ -204,6 +204,310 @@ def test_sigkill_while_saving_keeps_previous_checkpoint(tiny_config, workspace):
     trainer, result = fit(config, workspace)
     assert result.epochs_completed == 3
     assert len(result.history) == 3
+
+
+def _same(a, b):
+    """Deep equality that compares tensors by value."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def _damaged_copies(data: bytes, n: int, seed: int):
+    """``n`` seeded variants of a checkpoint's bytes: random junk, junk that looks like a zip or
+    a pickle, truncations, and copies with a few bytes garbled or bits flipped."""
+    import random
+
+    rng = random.Random(seed)
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            yield "random", rng.randbytes(rng.choice([0, 1, 2, 7, 64, 600, 5000]))
+        elif kind == 1:
+            head = rng.choice([b"PK\x03\x04", b"\x80\x02", b"\x80\x04\x95", data[:64]])
+            yield "prefixed", head + rng.randbytes(rng.randrange(0, 3000))
+        elif kind == 2:
+            yield "truncated", data[: rng.randrange(len(data))]
+        elif kind == 3:
+            garbled = bytearray(data)
+            for _ in range(rng.randrange(1, 24)):
+                garbled[rng.randrange(len(garbled))] = rng.randrange(256)
+            yield "garbled", bytes(garbled)
+        elif kind == 4:
+            flipped = bytearray(data)
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            yield "bit-flip", bytes(flipped)
+        else:  # a whole region overwritten, as a bad sector or a half-synced Drive block would
+            start = rng.randrange(len(data))
+            yield "zeroed", data[:start] + bytes(min(4096, len(data) - start)) + data[start + 4096:]
+
+
+def test_every_damaged_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path):
+    """Random bytes used to escape as IndexError, UnicodeDecodeError or KeyError (26 of 300),
+    and flipped bits in tensor data loaded as silently different weights."""
+    from utils.training.checkpoints import capture_rng_state, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng": capture_rng_state(), "progress": {"epoch": 1, "global_step": 7},
+             "history": [{"train_loss": 1.5, "val_loss": 1.25}], "samples": ["héllo"],
+             "tokenizer": {"type": "char", "chars": "abc\u00e9"}}
+    original = save_checkpoint(state, tmp_path / "original.pt")
+    data = original.read_bytes()
+    reference = load_checkpoint(original)
+
+    outcomes = {}
+    for i, (kind, damaged) in enumerate(_damaged_copies(data, 300, seed=1234)):
+        path = tmp_path / f"step-{i:08d}.pt"
+        path.write_bytes(damaged)
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as exc:
+            assert path.name in str(exc), (kind, str(exc))
+            outcomes[kind, "refused"] = outcomes.get((kind, "refused"), 0) + 1
+            continue
+        # A change that loads must be one that changes nothing (zip padding, say).
+        assert _same(loaded, reference), f"{kind} copy {path.name} loaded different contents"
+        outcomes[kind, "same"] = outcomes.get((kind, "same"), 0) + 1
+    assert sum(n for (kind, what), n in outcomes.items() if what == "refused") > 250, outcomes
+
+
+def _junk_checkpoints(run_dir, steps, seed=5):
+    """Unreadable files under checkpoint names: random bytes, a truncation, garbled bytes."""
+    import random
+
+    rng = random.Random(seed)
+    made = {}
+    for i, step in enumerate(steps):
+        name = f"step-{step:08d}.pt" if i % 4 != 3 else f"best-step-{step:08d}.pt"
+        data = [rng.randbytes(300), b"PK\x03\x04" + rng.randbytes(100), b"\x80\x02}q\x00(X",
+                rng.randbytes(2000)][i % 4]
+        (run_dir / name).write_bytes(data)
+        made[name] = data
+    return made
+
+
+def test_resume_skips_unreadable_newest_checkpoints_and_sets_them_aside(tiny_config, workspace,
+                                                                         capsys):
+    config = tiny_config(epochs=3)
+    straight, _ = fit(config.replace(run_name="straight", resume="never"))
+    fit(config, workspace, [StopAt(epoch=1)])
+    run_dir = workspace.run_dir(config.run_name)
+    junk = _junk_checkpoints(run_dir, [500, 600, 700, 700])
+    capsys.readouterr()
+
+    resumed, result = fit(config, workspace)
+    out = capsys.readouterr().out
+    assert result.epochs_completed == 3
+    assert_same_run(straight, resumed)  # it resumed from the real epoch-1 checkpoint
+    assert out.count("Skipping a checkpoint that cannot be loaded") == 4
+    aside = run_dir / "set-aside"
+    for name, data in junk.items():  # nothing deleted: every byte is still there, set aside
+        assert name in out and (aside / name).read_bytes() == data
+    names = {f.path.name for f in CheckpointManager(run_dir).files()}
+    assert names and not names & set(junk)  # the run's own checkpoints are the newest now
+
+
+def test_new_checkpoints_survive_unreadable_ones_numbered_above_them(tiny_config, workspace):
+    """Every checkpoint unreadable and above the restart point: the new checkpoint used to be
+    pruned right after it was written, and save_best then failed with FileNotFoundError."""
+    config = tiny_config(epochs=2, keep_checkpoints=2)
+    run_dir = workspace.run_dir(config.run_name)
+    junk = _junk_checkpoints(run_dir, [900, 950, 1000, 1000])
+
+    _, result = fit(config, workspace)
+    assert result.epochs_completed == 2 and result.last_checkpoint.is_file()
+    files = CheckpointManager(run_dir).files()
+    assert [f.step for f in files if not f.best] == [result.global_step, result.global_step // 2]
+    assert [f.step for f in files if f.best] == [result.global_step]
+    for name, data in junk.items():
+        assert (run_dir / "set-aside" / name).read_bytes() == data
+
+
+def test_retention_never_deletes_the_checkpoint_it_just_wrote(tmp_path):
+    """Without a resume to set them aside, unreadable files above the new step stay, untouched,
+    and so does the new checkpoint; only older ones are pruned."""
+    manager = CheckpointManager(tmp_path / "run", keep=2)
+    junk = _junk_checkpoints(manager.directory, [50, 60, 70])
+    for step in (1, 2, 3):
+        path = manager.save({"step": step}, step)
+        assert path.is_file()
+        best = manager.save_best(path, step)
+        assert best.is_file()
+    steps = sorted(f.step for f in manager.files() if not f.best and f.path.name not in junk)
+    assert steps == [2, 3]
+    for name, data in junk.items():
+        assert (manager.directory / name).read_bytes() == data
+    with pytest.raises(CheckpointError, match="it is gone"):
+        manager.save_best(manager.directory / "step-00000001.pt", 9)
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tiny_config, workspace, capsys):
+    config = tiny_config(epochs=3, keep_checkpoints=5)
+    fit(config, workspace)
+    run_dir = workspace.run_dir(config.run_name)
+    first = CheckpointManager(run_dir).files()[-1]  # the epoch-1 checkpoint
+    later = [f.path.name for f in CheckpointManager(run_dir).files() if f.step > first.step]
+    capsys.readouterr()
+
+    resumed, result = fit(config.replace(resume=str(first.path)), workspace)
+    assert result.epochs_completed == 3
+    assert "not part of its course" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "set-aside").iterdir()) == sorted(later)
+    newest = CheckpointManager(run_dir).latest()
+    assert newest is not None and newest[0].parent == run_dir
+    assert torch.equal(newest[1]["model"]["tok_emb.weight"], params(resumed)["tok_emb.weight"])
+
+
+FULL_SCRIPT = """
+import resource, signal, sys
+sys.path.insert(0, {root!r})
+from utils.training.checkpoints import CheckpointError
+from utils.training.pipeline import prepare
+from utils.training.training_config import TrainingConfig
+from utils.training.workspace import Workspace
+
+config = TrainingConfig.from_dict({config!r})
+ws = Workspace.setup({ws!r}, mount_drive=False, verbose=False)
+prepare(config, ws).trainer(progress=False, verbose=False).fit()  # epoch 1: a checkpoint
+# Now no file may grow past half a checkpoint, like a disk that fills up: torch.save fails
+# inside its zip writer (with SIGXFSZ ignored, write(2) returns EFBIG instead of killing us).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+try:
+    prepare(config.replace(epochs=2), ws).trainer(progress=False, verbose=False).fit()
+except CheckpointError as exc:
+    print("CheckpointError:", exc)
+    sys.exit(3)
+"""
+
+
+def test_a_checkpoint_write_that_fails_in_torch_says_why_and_keeps_the_last_one(tiny_config,
+                                                                                workspace):
+    """torch's zip writer used to raise a raw ``RuntimeError: [enforce fail at
+    inline_container.cc]`` (exit 1); only OSError was caught."""
+    config = tiny_config(epochs=1, run_name="capped")
+    script = FULL_SCRIPT.format(root=str(ROOT), config=config.to_dict(), ws=str(workspace.root),
+                                limit=60_000)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    message = proc.stdout
+    assert "Could not write checkpoint" in message and "file-size limit" in message
+    run_dir = workspace.run_dir("capped")
+    kept = CheckpointManager(run_dir).files()
+    assert [f.step for f in kept if not f.best] == [kept[0].step]  # the epoch-1 checkpoint
+    assert f"previous checkpoint {kept[0].path} is intact" in message
+    assert not [p.name for p in run_dir.iterdir() if ".tmp-" in p.name]  # no temp file left
+    assert load_checkpoint(kept[0].path)["progress"]["epoch"] == 1
+
+    _, result = fit(config.replace(epochs=2), workspace)  # space is back: it resumes
+    assert result.epochs_completed == 2
+
+
+def test_a_damaged_tokenizer_json_is_restored_from_the_checkpoint(tiny_config, workspace, capsys):
+    from utils.training.checkpoints import load_run_tokenizer
+    from utils.training.data import load_tokenizer
+
+    config = tiny_config(epochs=1)
+    trainer, _ = fit(config, workspace)
+    run_dir = workspace.run_dir(config.run_name)
+    token_file = run_dir / "tokenizer.json"
+    token_file.write_text('{"model": {"type": "BPE", "vocab": {"a"')  # cut off mid-write
+    capsys.readouterr()
+
+    tokenizer = load_run_tokenizer(run_dir)
+    assert tokenizer.to_dict() == trainer.tokenizer.to_dict()
+    assert load_tokenizer(token_file).to_dict() == trainer.tokenizer.to_dict()  # the file is back
+    out = capsys.readouterr().out
+    assert "could not be read" in out and "Restored it from the copy in checkpoint" in out
+
+    token_file.unlink()
+    assert load_run_tokenizer(run_dir).to_dict() == trainer.tokenizer.to_dict()
+    assert "was missing" in capsys.readouterr().out and token_file.is_file()
+    assert load_run_tokenizer(workspace.run_dir("no-checkpoints-yet")) is None
+
+
+def test_a_damaged_tokenizer_json_without_a_copy_says_what_to_do(tmp_path):
+    from utils.training.checkpoints import load_run_tokenizer, save_checkpoint
+
+    save_checkpoint({"model": {}}, tmp_path / "step-00000001.pt")  # an old one: no tokenizer
+    (tmp_path / "tokenizer.json").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(CheckpointError, match="none of its checkpoints.*holds a readable copy"):
+        load_run_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    assert load_run_tokenizer(tmp_path) is None  # missing, no copy: the data's tokenizer, as before
+
+    junk_only = tmp_path / "junk-only"
+    junk_only.mkdir()
+    _junk_checkpoints(junk_only, [3, 4])
+    (junk_only / "tokenizer.json").write_bytes(b"\xff\xfe garbage")
+    assert load_run_tokenizer(junk_only) is None  # nothing to resume: the run starts afresh
+
+
+def test_resume_with_a_damaged_tokenizer_json_uses_the_checkpoints_copy(tiny_config, workspace,
+                                                                        tmp_path, monkeypatch):
+    import shutil
+
+    from utils.training.data import load_tokenizer, loaders
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n"
+                            for i in range(400)))
+    config = tiny_config(data_source="local", data_path=str(text), tokenizer="bpe",
+                         vocab_size=300, epochs=2, run_name="bpe-damaged")
+    first, _ = fit(config, workspace, [StopAt(epoch=1)])
+    token_file = workspace.run_dir(config.run_name) / "tokenizer.json"
+    token_file.write_text(token_file.read_text()[:100])
+    shutil.rmtree(workspace.datasets)  # and no cache: a new BPE would give other ids
+    workspace.datasets.mkdir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run's own tokenizer must come back, not a new one")
+
+    monkeypatch.setattr(loaders, "build_tokenizer", no_training)
+    _, result = fit(config, workspace)
+    assert result.epochs_completed == 2
+    assert load_tokenizer(token_file).to_dict() == first.tokenizer.to_dict()
+
+
+def test_a_disconnect_between_the_epoch_row_and_its_checkpoint_logs_the_row_once(tiny_config,
+                                                                                 workspace):
+    """With a checkpoint after every step, the one at an epoch's last step used to be taken just
+    before the epoch's row reached the database: a resume from it logged that row again."""
+    import sqlite3
+
+    from utils.training.experiment_db import ExperimentDB
+    from utils.training.session import TrainingSession
+
+    class DisconnectAfterEpochRow(Callback):  # after the tracker: its row is in the database
+        def on_epoch_end(self, trainer, metrics):
+            if metrics[M.EPOCH] == 1 and not hasattr(self, "done"):
+                self.done = True
+                raise KeyboardInterrupt("the VM went away")
+
+    config = tiny_config(epochs=2, checkpoint_every_minutes=1e-9)
+    with ExperimentDB.open_for_workspace(workspace, verbose=False) as db:
+        session = TrainingSession.create(config, workspace, db=db, live_plot=False,
+                                         progress=False, verbose=False,
+                                         callbacks=[DisconnectAfterEpochRow()])
+        with pytest.raises(KeyboardInterrupt):
+            session.fit()
+        session = TrainingSession.create(config, workspace, db=db, live_plot=False,
+                                         progress=False, verbose=False)
+        assert session.fit().epochs_completed == 2
+    with sqlite3.connect(workspace.db_path) as conn:
+        rows = conn.execute("SELECT epoch FROM metrics WHERE name = ? ORDER BY epoch",
+                            (M.VAL_LOSS,)).fetchall()
+    assert rows == [(1,), (2,)]
 
 
 def test_resume_with_other_model_shape_names_the_fields(tiny_config, workspace):

@@ -209,9 +209,9 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         raise OSError("disk vanished")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk vanished"):
+    with pytest.raises(ConfigError, match="disk vanished.*previous gpt-run.json is unchanged"):
         TrainingConfig(epochs=9).save(tmp_path)
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="nothing was written"):
         TrainingConfig(run_name="fresh").save(tmp_path)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt-run.json"]  # no temp, no fresh
@@ -303,3 +303,188 @@ def test_bpe_vocab_too_small_is_caught_before_any_data_loads():
     with pytest.raises(ConfigError, match="vocab_size = 100: must be >= 257"):
         TrainingConfig(data_source="local", data_path="x.txt", tokenizer="bpe",
                        vocab_size=100).validate()
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_save_on_a_full_disk_says_so_and_leaves_nothing_half_written(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """Used to be a raw ``OSError: [Errno 28]``."""
+    import errno
+
+    old = TrainingConfig(epochs=3)
+    old.save(tmp_path)
+    real_write_text = Path.write_text
+
+    def fills_the_disk(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)  # half, then no space
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", fills_the_disk)
+    with pytest.raises(ConfigError) as info:
+        TrainingConfig(epochs=9).save(tmp_path)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert f"Cannot save training config {tmp_path / 'gpt-run.json'}" in message
+    assert "disk is full" in message and "Free some space" in message
+    assert "previous gpt-run.json is unchanged" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt-run.json"]  # no temp file
+    assert TrainingConfig.load(tmp_path / "gpt-run.json") == old
+
+
+# ---------------------------------------------------------------- what the hardware decides
+
+GIB = 1 << 30
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_machine(memory: int = 16 * GIB):
+    from utils.training.hardware import Machine
+
+    return Machine(cuda=False, name="this machine", model_memory=memory, data_memory=memory)
+
+
+def gpu_machine(memory: int = 15 * GIB, ram: int = 12 * GIB):
+    from utils.training.hardware import Machine
+
+    return Machine(cuda=True, name="the GPU (Tesla T4)", model_memory=memory, data_memory=ram,
+                   model_memory_note="of memory in all")
+
+
+def test_fp16_without_a_gpu_is_a_config_problem_listed_with_the_others() -> None:
+    """fp16 on a CPU used to pass validate() and fail with a plain ValueError after the data
+    had loaded (a traceback in the CLI)."""
+    cfg = TrainingConfig(precision="fp16", learning_rate=-1.0)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate(cpu_machine())
+    assert len(info.value.problems) == 2
+    fp16 = next(p for p in info.value.problems if p.startswith("precision = 'fp16'"))
+    assert "needs a CUDA GPU" in fp16 and "'bf16' or 'fp32'" in fp16
+    assert cfg.replace(learning_rate=1e-3).validate(gpu_machine()).precision == "fp16"
+    assert cfg.replace(learning_rate=1e-3).validate() is not None  # no machine: not judged
+
+
+def test_choose_precision_refuses_fp16_on_a_cpu_as_a_config_error() -> None:
+    import torch
+
+    from utils.training.hardware import choose_precision
+
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        choose_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(has_cuda(), reason="needs a machine without a GPU")
+def test_fp16_on_a_cpu_is_one_clear_cli_line(tmp_path: Path, capsys) -> None:
+    from utils.training.__main__ import main
+
+    args = ["train", "--workspace", str(tmp_path / "ws"), "--no-progress"]
+    for pair in ("run_name=fp16", "synthetic_tokens=6000", "vocab_size=16", "n_layers=1",
+                 "n_heads=2", "d_model=32", "block_size=16", "epochs=1", "precision=fp16"):
+        args += ["--set", pair]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(has_cuda(), reason="needs a machine without a GPU")
+def test_fp16_on_a_cpu_is_refused_before_any_data_loads(tmp_path: Path, monkeypatch) -> None:
+    from utils.training import pipeline
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was loaded before the config was refused")
+
+    monkeypatch.setattr(pipeline, "load_token_data", no_data)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        pipeline.prepare(TrainingConfig(precision="fp16"))
+
+
+def test_a_model_too_big_for_memory_is_refused_with_the_figure_and_what_fits() -> None:
+    """d_model=2**20 used to pass validate() and then fail allocating 13194139533312 bytes."""
+    cfg = TrainingConfig(d_model=2**20)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate(cpu_machine())
+    (problem,) = info.value.problems
+    assert problem.startswith("d_model = 1048576: training it needs about ")
+    assert "TiB" in problem and "16.0 GiB of RAM available" in problem
+    fits = int(problem.split("d_model = ")[-1].split()[0])
+    assert 0 < fits < 2**20 and fits % cfg.n_heads == 0
+    cfg.replace(d_model=fits).validate(cpu_machine())  # what it offers really passes
+    with pytest.raises(ConfigError):
+        cfg.replace(d_model=fits + cfg.n_heads).validate(cpu_machine())  # and is the largest
+
+    with pytest.raises(ConfigError, match="the GPU \\(Tesla T4\\) has 15.0 GiB of memory in all"):
+        cfg.validate(gpu_machine())
+
+
+def test_activations_too_big_for_memory_blame_batch_size_and_keep_the_tokens_per_step() -> None:
+    cfg = TrainingConfig(batch_size=4096, block_size=4096)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate(gpu_machine())
+    (problem,) = info.value.problems
+    assert problem.startswith("batch_size = 4096: ")
+    smaller = int(problem.split("; batch_size = ")[1].split()[0])
+    accum = int(problem.split("grad_accum_steps = ")[1].split()[0])
+    assert smaller * accum >= 4096
+    cfg.replace(batch_size=smaller, grad_accum_steps=accum).validate(gpu_machine())
+
+
+def test_synthetic_data_too_big_for_ram_is_refused_before_sampling() -> None:
+    """synthetic_tokens=10**12 used to fail with MemoryError: 6.55 TiB."""
+    cfg = TrainingConfig(synthetic_tokens=10**12)
+    with pytest.raises(ConfigError) as info:
+        cfg.validate(cpu_machine())
+    (problem,) = info.value.problems
+    assert problem.startswith("synthetic_tokens = 1000000000000: sampling that many needs ")
+    assert "TiB" in problem
+    most = int(problem.split("use at most ")[1].replace(",", ""))
+    cfg.replace(synthetic_tokens=most).validate(cpu_machine())
+
+
+def test_validate_for_hardware_judges_this_machine() -> None:
+    from utils.training.hardware import detect_machine, validate_for_hardware
+
+    machine = detect_machine()
+    assert machine.model_memory and machine.data_memory and machine.data_memory > 2**20
+    assert validate_for_hardware(TrainingConfig()).d_model == 256
+    with pytest.raises(ConfigError, match="d_model = 1048576: training it needs"):
+        validate_for_hardware(TrainingConfig(d_model=2**20))
+    with pytest.raises(ConfigError, match="synthetic_tokens = 1000000000000000"):
+        validate_for_hardware(TrainingConfig(synthetic_tokens=10**15))
+
+
+@pytest.mark.parametrize("shape", [dict(), dict(n_layers=2, d_model=48, n_heads=3, d_ff=100),
+                                   dict(tokenizer="byte", data_source="local", data_path="x")])
+def test_parameter_estimate_matches_the_built_in_gpt(shape: dict) -> None:
+    from utils.training.hardware import estimate_parameters
+    from utils.training.models import model_from_config
+
+    cfg = TrainingConfig(vocab_size=300, **shape)
+    vocab = 257 if cfg.tokenizer == "byte" else cfg.vocab_size
+    model = model_from_config(cfg, vocab)
+    assert estimate_parameters(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_available_ram_falls_back_without_psutil(monkeypatch) -> None:
+    import builtins
+
+    from utils.training import hardware
+
+    real_import = builtins.__import__
+
+    def no_psutil(name: str, *args: object, **kwargs: object) -> object:
+        if name == "psutil":
+            raise ImportError("no psutil")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    from_proc = hardware.available_ram()
+    assert from_proc is not None and from_proc > 2**20
+    monkeypatch.setattr(hardware, "Path", lambda *a: Path("/nonexistent/meminfo"))
+    from_sysconf = hardware.available_ram()
+    assert from_sysconf is not None and from_sysconf > 2**20

@@ -14,7 +14,14 @@ from utils.training import metric_names as M
 from utils.training import wandb_setup
 from utils.training.metrics_tracker import MetricsTracker
 from utils.training.training_config import TrainingConfig
-from utils.training.wandb_setup import DisabledRun, can_prompt, find_api_key, init_wandb
+from utils.training.wandb_setup import (
+    DisabledRun,
+    can_prompt,
+    find_api_key,
+    init_wandb,
+    server_reachable,
+    setup_wandb,
+)
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
 
@@ -28,8 +35,13 @@ def wandb_env(tmp_path, monkeypatch):
                          ("WANDB_DATA_DIR", "data"), ("WANDB_DIR", "wandb-dir")):
         monkeypatch.setenv(name, str(tmp_path / folder))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # not the home folder's ~/.netrc
     monkeypatch.setattr(wandb_setup, "_we_set_offline", False)
+    monkeypatch.setattr(wandb_setup, "_remembered", None)
     monkeypatch.setattr(wandb_setup, "in_colab", lambda: False)
+    # The server "answers" unless a test says otherwise; no test reaches the network.
+    monkeypatch.setattr(wandb_setup, "server_reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(sys, "stdin", io.StringIO())
 
 
@@ -132,7 +144,7 @@ def test_no_key_and_nobody_to_ask_goes_offline_before_init(fake_wandb, monkeypat
     assert "logging offline" in out and "cannot ask" in out and "wandb sync /tmp/sync-dir" in out
 
 
-def test_a_key_without_network_falls_back_offline(fake_wandb, monkeypatch, capsys, tmp_path):
+def test_an_online_start_that_fails_falls_back_offline(fake_wandb, monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     fake = fake_wandb(lambda wb: wb.errors.CommError(f"timed out (key {FAKE_KEY})"))
@@ -222,7 +234,7 @@ def test_colab_secret_problems_are_explained(monkeypatch, error, says):
 def test_prompt_only_when_a_person_can_answer(monkeypatch):
     answers = iter([FAKE_KEY + "  ", ""])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
-    assert find_api_key(interactive=True) == (FAKE_KEY, "prompt")
+    assert find_api_key(interactive=True) == (FAKE_KEY, "the prompt")
     assert find_api_key(interactive=True) == (None, "no API key entered")
 
     no_stdin = type("StdinNotImplementedError", (Exception,), {})
@@ -243,3 +255,85 @@ def test_can_prompt_asks_the_kernel(monkeypatch, allow_stdin):
     ipython.get_ipython = lambda: SimpleNamespace(kernel=kernel)
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     assert can_prompt() is allow_stdin
+
+
+# --- the W&B cell: setup_wandb --------------------------------------------------------------
+
+
+def test_setup_without_a_key_says_offline_and_how_to_sync(fake_wandb, monkeypatch, capsys,
+                                                           workspace):
+    monkeypatch.delenv("WANDB_MODE")
+    fake = fake_wandb()
+    assert setup_wandb(config(), workspace) == "offline"
+    out = capsys.readouterr().out
+    assert fake.calls == []  # the run starts with training, not here
+    assert "runs will log offline: no API key ($WANDB_API_KEY is not set" in out
+    assert "~/.netrc has none" in out and "cannot ask" in out
+    assert f"saved under {workspace.root / 'wandb'}" in out and "wandb sync" in out
+    assert "set $WANDB_API_KEY or run `wandb login`" in out
+
+
+def test_setup_asks_once_and_the_run_uses_that_key(fake_wandb, monkeypatch, capsys, workspace):
+    monkeypatch.delenv("WANDB_MODE")
+    answers = iter([FAKE_KEY])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    fake = fake_wandb()
+    assert setup_wandb(config(), workspace, interactive=True) == "online"
+    out = capsys.readouterr().out
+    assert "API key from the prompt; runs will log online to team/proj" in out
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": pytest.fail("asked twice"))
+    run = init_wandb(config(), directory=workspace.root, interactive=True)
+    (call,) = fake.calls
+    assert call["mode"] == "online" and call["settings"].api_key == FAKE_KEY and not run.offline
+    assert FAKE_KEY not in out + capsys.readouterr().out
+
+
+def test_setup_with_tracking_off_says_so(capsys):
+    assert setup_wandb(config(use_wandb=False)) == "off"
+    assert "W&B: off" in capsys.readouterr().out
+
+
+def test_a_key_without_network_goes_offline_without_trying_online(fake_wandb, monkeypatch,
+                                                                   capsys, tmp_path):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.invalid")
+    probed = []
+    monkeypatch.setattr(wandb_setup, "server_reachable",
+                        lambda url, timeout=3.0: probed.append(url) or False)
+    fake = fake_wandb()
+    assert setup_wandb(config(), None) == "offline"
+    setup_out = capsys.readouterr().out
+    assert "the W&B server https://wandb.invalid does not answer (no network?)" in setup_out
+    run = init_wandb(config(), directory=tmp_path)
+    (call,) = fake.calls  # no online attempt: W&B never says a key is "configured" for it
+    assert call["mode"] == "offline" and run.offline and fake.teardowns == 0
+    out = capsys.readouterr().out
+    assert "does not answer (no network?); the API key from $WANDB_API_KEY was not used" in out
+    assert "wandb sync /tmp/sync-dir" in out and FAKE_KEY not in setup_out + out
+    assert probed == ["https://wandb.invalid"] * 2
+
+
+def test_key_from_netrc_written_by_wandb_login(monkeypatch, tmp_path):
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert find_api_key(interactive=False, base_url="https://api.wandb.ai") == (
+        FAKE_KEY, "~/.netrc (wandb login)")
+    assert find_api_key(interactive=False, base_url="https://other.example")[0] is None
+
+
+def test_server_probe_on_a_closed_port_says_no_quickly(monkeypatch):
+    import socket
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # a proxy would answer for the closed port
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    assert not server_reachable(f"http://127.0.0.1:{port}", timeout=2)
+    assert time.monotonic() - started < 5

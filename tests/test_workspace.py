@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from utils.training import workspace as ws_mod
-from utils.training.workspace import SUBFOLDERS, Workspace, atomic_write, is_temp_name
+from utils.training.workspace import (
+    SUBFOLDERS,
+    UnsafeNameError,
+    Workspace,
+    WorkspaceError,
+    atomic_dir,
+    atomic_write,
+    check_name,
+    is_temp_name,
+    temp_name,
+)
 
 
 def all_names(root: Path) -> list[str]:
@@ -147,6 +160,108 @@ def test_run_dir_is_created_and_refuses_path_escapes(tmp_path: Path, no_colab: N
             ws.run_dir(bad)
 
 
+def test_every_per_run_path_is_named_by_the_workspace(tmp_path: Path, no_colab: None) -> None:
+    ws = Workspace.setup(tmp_path, verbose=False)
+    assert ws.result("r-1", "dashboard") == ws.results / "r-1_dashboard.png"
+    assert ws.result("r-1", "metrics") == ws.results / "r-1_metrics.csv"
+    assert ws.result("r-1", "batches") == ws.results / "r-1_batches.csv"
+    assert ws.result("r-1", "live") == ws.results / "r-1_live.png"
+    assert ws.config_file("r-1") == ws.configs / "r-1.json"
+    assert ws.bundle_dir("r-1") == ws.results / "bundles" / "r-1"
+    assert ws.archive("r-1") == ws.results / "archives" / "r-1.zip"
+    assert ws.run_dir("r-1", create=False) == ws.checkpoints / "r-1"
+    assert ws.path_in("search", "study.2", ".db") == ws.root / "search" / "study.2.db"
+    with pytest.raises(ValueError, match="kind 'plot'"):
+        ws.result("r-1", "plot")
+
+
+@pytest.mark.parametrize("bad", ["../x", "../../../outside/x", "/abs", "a/b", "a\\b", "", ".",
+                                 "..", ".hidden", "a\x00b", "x" * 65, "tab\tname", "with space",
+                                 "C:evil", None, 3])
+def test_names_that_would_leave_their_folder_are_refused(tmp_path: Path, bad: object,
+                                                          no_colab: None) -> None:
+    ws = Workspace.setup(tmp_path / "ws", verbose=False)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for make in (ws.run_dir, ws.config_file, ws.bundle_dir, ws.archive,
+                 lambda n: ws.result(n, "dashboard"), lambda n: ws.path_in("search", n)):
+        with pytest.raises(UnsafeNameError) as info:
+            make(bad)
+        assert isinstance(info.value, WorkspaceError) and isinstance(info.value, ValueError)
+        assert "A-Z a-z 0-9 . _ -" in str(info.value)  # says which characters are allowed
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert check_name("gpt-small_2.b") == "gpt-small_2.b"
+    assert check_name("x" * 64) == "x" * 64
+
+
+def test_atomic_dir_replace_refuses_a_target_outside_its_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "x"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("theirs")
+    bundles = tmp_path / "ws" / "results" / "bundles"
+    bundles.mkdir(parents=True)
+    for dest, within in ((bundles / ".." / ".." / ".." / "outside" / "x", None),
+                         (bundles / ".." / ".." / ".." / "outside" / "x", bundles),
+                         (outside, bundles), (bundles, bundles)):
+        with pytest.raises(UnsafeNameError, match="Refusing to write"), \
+                atomic_dir(dest, replace=True, within=within) as tmp:
+            (tmp / "evil.txt").write_text("ours")
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (outside / "keep.txt").read_text() == "theirs"
+    assert all_names(tmp_path / "ws") == ["bundles", "results"]
+    with atomic_dir(bundles / "run", replace=True, within=bundles) as tmp:  # the normal case
+        (tmp / "a.txt").write_text("1")
+    assert all_names(bundles) == ["a.txt", "run"]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_setup_sweeps_temp_files_that_killed_writers_left(tmp_path: Path, no_colab: None) -> None:
+    ws = Workspace.setup(tmp_path / "ws", verbose=False)
+    dead, now = _dead_pid(), time.time()
+    hour, week = now - 3600, now - 7 * 24 * 3600
+
+    def temp(folder: Path, final: str, pid: int, mtime: float, is_dir: bool = False) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / temp_name(final).replace(f"-{os.getpid()}-", f"-{pid}-")
+        if is_dir:
+            path.mkdir()
+            (path / "weights.bin").write_bytes(b"x")
+            os.utime(path / "weights.bin", (mtime, mtime))
+        else:
+            path.write_text("half")
+        os.utime(path, (mtime, mtime))
+        return path
+
+    gone = [temp(ws.results, "run_metrics.csv", dead, hour),  # killed while writing results
+            temp(ws.configs, "run.json", dead, hour),
+            temp(ws.datasets, "abc123", dead, hour, is_dir=True),
+            temp(ws.results / "bundles", "run", dead, hour, is_dir=True),
+            temp(ws.results / "archives", "run.zip", dead, hour),
+            temp(ws.results / "search" / "study", "history.png", dead, hour),
+            temp(ws.datasets / "uploads", "text.txt", dead, hour),
+            temp(ws.root, "experiments.db", dead, hour),
+            temp(ws.root / "models" / "gists", "abc-1234", dead, hour, is_dir=True),
+            temp(ws.results, "old.csv", os.getppid(), week)]  # pid reused long ago
+    kept = [temp(ws.results, "fresh.csv", dead, now),  # maybe a writer on another machine
+            temp(ws.results, "mine.csv", os.getpid(), week),  # this process is writing it
+            temp(ws.results, "busy.csv", os.getppid(), hour),  # its writer is alive
+            temp(ws.results, "busy", dead, now, is_dir=True),
+            temp(ws.checkpoints / "run", "step-1.pt", dead, hour)]  # the checkpoint manager's
+    stale_dir = kept[-2]
+    os.utime(stale_dir, (hour, hour))  # an old folder still being written into is kept
+    others = [ws.results / ".notes.tmp-manual", ws.results / "run.tmp-1-abcdef12",
+              ws.results / "run_metrics.csv"]
+    for path in others:
+        path.write_text("data")
+    Workspace.setup(tmp_path / "ws", verbose=False)
+    assert [p for p in gone if p.exists()] == []
+    assert all(p.exists() for p in kept + others)
+
+
 def test_atomic_write_in_place_leaves_no_temp(tmp_path: Path) -> None:
     dest = tmp_path / "sub" / "out.txt"
     seen: list[Path] = []
@@ -199,6 +314,22 @@ def test_atomic_write_through_staging(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.undo()
     assert dest.read_bytes() == b"\x00weights"
     assert all_names(staging) == [] and all_names(final_dir) == ["epoch_1.pt"]
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "configs" / "run.json"
+    dest.parent.mkdir()
+    dest.write_text("old")
+
+    def fsync(fd: int) -> None:  # where a full disk often shows: the error names no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as info:
+        atomic_write(dest, lambda tmp: tmp.write_text("new"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(dest)
+    assert dest.read_text() == "old" and all_names(dest.parent) == ["run.json"]
 
 
 def test_staging_that_contains_dest_writes_in_place(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ _WHERE = {
     "SearchResult": ".search",
     "SearchSpaceError": ".search",
     "seed_everything": ".checkpoints",
+    "setup_wandb": ".wandb_setup",
     "show_recent_runs": ".notebook",
     "show_run_comparison": ".notebook",
     "show_search_results": ".notebook",

@@ -4,13 +4,18 @@ A checkpoint holds everything the next process needs to continue as if nothing h
 model, optimizer and grad-scaler states, every RNG state, the sampler's position inside the epoch,
 the trainer's history and the callbacks' state. Files are written to a temporary name, fsynced and
 renamed (``workspace.atomic_write``), so a process killed mid-save leaves the previous checkpoint
-intact. They are loaded with ``torch.load(weights_only=True)``: contents are tensors and plain
-Python values only, and loading a checkpoint never runs code.
+intact; a save that fails (a full disk) says so and leaves no temp file. They are loaded with
+``torch.load(weights_only=True)``: contents are tensors and plain Python values only, and loading
+a checkpoint never runs code. Every damaged file is refused by name, flipped bits included (the
+zip's CRC32s are checked), and a resume skips it for the one before. Nothing a person might want
+is deleted: retention removes only checkpoints older than the one just written, and unusable
+ones are moved to ``set-aside/``.
 """
 
 from __future__ import annotations
 
-import pickle
+import contextlib
+import errno
 import random
 import re
 import shutil
@@ -23,15 +28,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import DataError, Tokenizer, load_tokenizer, tokenizer_from_dict
 from .workspace import atomic_write
 
 FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 _BEST_FILE = re.compile(r"^best-step-(\d+)\.pt$")
+# Checkpoints that cannot be used (corrupt, or from a course the run no longer follows) are
+# moved here rather than deleted: they are the user's data, and only the user may throw it away.
+SET_ASIDE_DIR = "set-aside"
+TOKENIZER_FILE = "tokenizer.json"
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL = 1 << 20  # bytes free at the moment a write failed: the disk was full
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and what to do."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file was read but is not a usable checkpoint (truncated, garbled, someone else's):
+    reading it again will not help, unlike an I/O error on a flaky mount."""
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -93,40 +110,147 @@ def strip_compile_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {key.removeprefix(prefix): value for key, value in state_dict.items()}
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | Path, staging: Path | None = None) -> Path:
-    """Write ``state`` atomically: the final name only ever holds a complete file."""
+def _crc_checked_saves() -> contextlib.AbstractContextManager:
+    """torch >= 2.6 can be told to skip the zip CRC32s; load_checkpoint relies on them to catch
+    flipped bits, so our saves always write them."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # older torch always writes them
+        return contextlib.nullcontext()
+    if getattr(config.save, "compute_crc32", True):
+        return contextlib.nullcontext()
+    return config.patch({"save.compute_crc32": True})
+
+
+def _write_error(exc: BaseException, tmp: Path) -> OSError:
+    """torch's zip writer reports a failed write(2) as ``RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos``, without an errno. Recover the real cause: the
+    OSError Python raised underneath, a file-size limit, or a disk with no space left."""
+    cause = exc.__context__ if isinstance(exc.__context__, OSError) else None
+    if isinstance(exc, OSError):
+        cause = exc
+    if cause is not None and cause.errno is not None:
+        return cause
+    limit = _file_size_limit()
+    with contextlib.suppress(OSError):
+        if limit is not None and tmp.stat().st_size >= limit - 65536:
+            return OSError(errno.EFBIG, "File too large")
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(tmp.parent).free < _NEARLY_FULL:
+            return OSError(errno.ENOSPC, "No space left on device")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(errno.EIO, f"torch.save failed: {first}")
+
+
+def _file_size_limit() -> int | None:
+    """This process's file-size limit (``ulimit -f``) in bytes, or None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if limit == resource.RLIM_INFINITY else int(limit)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def write_failure_message(what: str, path: Path, exc: OSError, previous: Path | None) -> str:
+    """Why writing ``path`` failed and what to do, for checkpoints and other run files alike."""
+    folder = path.parent
+    kept = (f"Nothing was lost: the previous checkpoint {previous} is intact and training "
+            "resumes from it when you run again." if previous is not None else
+            "No earlier checkpoint of this run was touched.")
+    if exc.errno in _FULL_ERRNOS:
+        free = ""
+        with contextlib.suppress(OSError):
+            free = f" ({_gib(shutil.disk_usage(folder).free)} free now)"
+        return (f"Could not write {what} {path}: the disk is full{free}. {kept} Free some space "
+                f"on {folder} (old runs' checkpoints, datasets/ caches) or lower keep_checkpoints, "
+                "then run again.")
+    if exc.errno == errno.EFBIG:
+        limit = _file_size_limit()
+        cap = (f"this process's file-size limit (ulimit -f) of {limit:,} bytes" if limit
+               else f"the largest file the file system of {folder} allows")
+        return (f"Could not write {what} {path}: it is larger than {cap}. {kept} Raise the "
+                "limit (ulimit -f unlimited), write to another file system, or use a smaller "
+                "model; then run again.")
+    reason = exc.strerror or next((a for a in exc.args if isinstance(a, str)), str(exc))
+    return (f"Could not write {what} {path}: {reason}. {kept} Check that the folder is writable "
+            "and has space (on Drive: that it is still mounted), then run again.")
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path, staging: Path | None = None,
+                    *, previous: Path | None = None) -> Path:
+    """Write ``state`` atomically: the final name only ever holds a complete file, and a failed
+    write (a full disk, a file-size limit) leaves no temp file and raises ``CheckpointError``.
+    ``previous``: the checkpoint the message should name as intact."""
     payload = {**state, "format": FORMAT_VERSION, "complete": True}
     path = Path(path)
 
     def write(tmp: Path) -> None:  # atomic_write fsyncs the finished file before the rename
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
+        try:
+            with open(tmp, "wb") as handle, _crc_checked_saves():
+                torch.save(payload, handle)
+        except (RuntimeError, OSError) as exc:
+            raise _write_error(exc, tmp) from exc
 
     try:
         return atomic_write(path, write, staging=staging)
     except OSError as exc:
-        raise CheckpointError(
-            f"Could not write checkpoint {path}: {exc}. Check free space and that the folder is "
-            "writable (on Drive: that it is still mounted). The previous checkpoint is untouched."
-        ) from exc
+        raise CheckpointError(write_failure_message("checkpoint", path, exc, previous)) from exc
+
+
+def _corrupt(path: Path, reason: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"Checkpoint {path} is truncated or corrupt and was not loaded ({reason}). It was "
+        "probably cut off by a disconnect while saving. resume='auto' skips it by itself and "
+        "sets it aside; to resume from it explicitly, point resume at the checkpoint before it."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely, or raise ``CheckpointError`` naming the file and the fix."""
+    """Load a checkpoint safely, or raise ``CheckpointError`` naming the file and the fix.
+
+    Every way a file can be damaged ends in ``CorruptCheckpointError``: the zip's CRC32s catch
+    flipped bits in the tensor data (which would otherwise load as silently wrong weights), and
+    ``torch.load`` fed arbitrary bytes raises whatever its unpickler trips over first."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Set resume='auto' or 'never'.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except OSError as exc:
         raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt and was not loaded ({reason}). It was "
-            "probably cut off by a disconnect while saving. Delete it to resume from the "
-            "checkpoint before it (resume='auto' skips it by itself)."
+            f"Checkpoint {path} cannot be read ({exc.strerror or exc}). Check that the file is "
+            "readable (on Drive: that it is still mounted), then run again."
         ) from exc
-    if not isinstance(state, dict) or not state.get("complete"):
+    # zipfile raises BadZipFile, but also ValueError, UnicodeDecodeError, EOFError and more on
+    # garbled headers: any of them means the bytes are not a checkpoint.
+    except Exception as exc:
+        raise _corrupt(path, _first_line(exc)) from exc
+    if bad is not None:
+        raise _corrupt(path, f"checksum mismatch in {bad}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
         raise CheckpointError(
+            f"Checkpoint {path} cannot be read ({exc.strerror or exc}). Check that the file is "
+            "readable (on Drive: that it is still mounted), then run again."
+        ) from exc
+    # Unpickling damaged bytes raises IndexError, KeyError, UnicodeDecodeError, ValueError,
+    # MemoryError (a garbled size) ... there is no closed list; all of them mean "corrupt".
+    except Exception as exc:
+        raise _corrupt(path, _first_line(exc)) from exc
+    if not isinstance(state, dict) or not state.get("complete"):
+        raise CorruptCheckpointError(
             f"{path} is not a checkpoint written by this library (no completion marker). Point "
             "resume at a file from checkpoints/<run_name>/, or use resume='auto'."
         )
@@ -145,9 +269,24 @@ class CheckpointFile:
     best: bool
 
 
+def checkpoint_files(directory: str | Path) -> list[CheckpointFile]:
+    """A folder's checkpoints, newest (highest step) first; periodic before best at equal steps."""
+    found = []
+    for path in Path(directory).iterdir():
+        for pattern, best in ((_STEP_FILE, False), (_BEST_FILE, True)):
+            match = pattern.match(path.name)
+            if match:
+                found.append(CheckpointFile(path, int(match.group(1)), best))
+    return sorted(found, key=lambda f: (f.step, not f.best), reverse=True)
+
+
 class CheckpointManager:
     """One run's checkpoint folder: ``step-<N>.pt`` files (newest ``keep`` kept) plus one
-    ``best-step-<N>.pt``. The step is in the name so "newest" never needs a file to be opened."""
+    ``best-step-<N>.pt``. The step is in the name so "newest" never needs a file to be opened.
+
+    Retention only ever deletes checkpoints *older* than the one just written: a file with a
+    higher step is not this course of the run (a corrupt file, or the future of a run resumed
+    from an earlier point), and the resume that found it set it aside, never deleted it."""
 
     def __init__(self, directory: str | Path, keep: int = 3, staging: Path | None = None) -> None:
         self.directory = Path(directory)
@@ -164,38 +303,87 @@ class CheckpointManager:
 
     def files(self) -> list[CheckpointFile]:
         """All checkpoints, newest (highest step) first; periodic before best at equal steps."""
-        found = []
-        for path in self.directory.iterdir():
-            for pattern, best in ((_STEP_FILE, False), (_BEST_FILE, True)):
-                match = pattern.match(path.name)
-                if match:
-                    found.append(CheckpointFile(path, int(match.group(1)), best))
-        return sorted(found, key=lambda f: (f.step, not f.best), reverse=True)
+        return checkpoint_files(self.directory)
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
-        path = save_checkpoint(state, self.directory / f"step-{step:08d}.pt", self.staging)
-        self._prune()
+        previous = next((f.path for f in self.files() if f.step <= step), None)
+        path = save_checkpoint(state, self.directory / f"step-{step:08d}.pt", self.staging,
+                               previous=previous)
+        self._prune(step)
         return path
 
     def save_best(self, source: Path, step: int) -> Path:
-        """Copy an already-written checkpoint as the new best, then drop the old best."""
+        """Copy an already-written checkpoint as the new best, then drop older bests."""
+        source = Path(source)
         dest = self.directory / f"best-step-{step:08d}.pt"
-        atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp), staging=self.staging)
+        if not source.is_file():  # never a FileNotFoundError from deep inside a copy
+            raise CheckpointError(f"Cannot mark {source} as the best checkpoint: it is gone. "
+                                  f"Run again; training resumes from the newest checkpoint.")
+        try:
+            atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp), staging=self.staging)
+        except OSError as exc:
+            raise CheckpointError(write_failure_message("best checkpoint", dest, exc, source)) from exc
         for old in self.files():
-            if old.best and old.path != dest:
+            if old.best and old.path != dest and old.step < step:
                 old.path.unlink(missing_ok=True)
         return dest
 
-    def _prune(self) -> None:
-        periodic = [f for f in self.files() if not f.best]
-        for old in periodic[self.keep :]:
+    def _prune(self, step: int) -> None:
+        # Only files older than the one just written count: deleting the newest file (or one
+        # from another course of the run) would lose the only copy of that state.
+        older = [f for f in self.files() if not f.best and f.step < step]
+        for old in older[self.keep - 1 :]:
             old.path.unlink(missing_ok=True)
 
-    def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads; corrupt ones are reported and skipped."""
+    def set_aside(self, path: Path) -> Path:
+        """Move a checkpoint into ``set-aside/`` (never overwriting a file already there)."""
+        folder = self.directory / SET_ASIDE_DIR
+        folder.mkdir(exist_ok=True)
+        dest = folder / path.name
+        n = 1
+        while dest.exists():
+            dest = folder / f"{path.stem}.{n}{path.suffix}"
+            n += 1
+        path.rename(dest)
+        return dest
+
+    def set_aside_after(self, step: int, why: str) -> list[Path]:
+        """Move every checkpoint above ``step`` aside (the run continues from ``step``, so they
+        are not its future) and say so; a file that cannot be moved stays, also said."""
+        moved, stuck = [], []
+        for f in self.files():
+            if f.step <= step:
+                continue
+            try:
+                moved.append(self.set_aside(f.path))
+            except OSError as exc:
+                stuck.append(f"{f.path.name} ({exc.strerror or exc})")
+        if moved:
+            names = ", ".join(p.name for p in moved)
+            print(f"Note: {why}, so the later checkpoints {names} are not part of its course: "
+                  f"moved them to {self.directory / SET_ASIDE_DIR} rather than resume or mix them "
+                  "in (nothing was deleted; delete them when you no longer need them).")
+        if stuck:
+            print(f"Note: could not move {', '.join(stuck)} aside; retention leaves it alone.")
+        return moved
+
+    def latest(self, map_location: str | torch.device = "cpu", *,
+               set_aside: bool = False) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads; unusable ones are reported and skipped, and with
+        ``set_aside`` corrupt ones are moved to ``set-aside/`` (a resume that skips a file
+        moves it, so the run's next checkpoint never ranks below it)."""
         for candidate in self.files():
             try:
                 return candidate.path, load_checkpoint(candidate.path, map_location)
+            except CorruptCheckpointError as exc:
+                note = ""
+                if set_aside:
+                    try:
+                        note = (f" Moved it to {self.set_aside(candidate.path)} (nothing was "
+                                "deleted; delete it when you no longer need it).")
+                    except OSError as move_error:
+                        note = f" (It could not be moved aside: {move_error}.)"
+                print(f"Skipping a checkpoint that cannot be loaded: {exc}{note}")
             except CheckpointError as exc:
                 print(f"Skipping a checkpoint that cannot be loaded: {exc}")
         return None
@@ -203,3 +391,49 @@ class CheckpointManager:
     def best_path(self) -> Path | None:
         best = [f for f in self.files() if f.best]
         return best[0].path if best else None
+
+
+# --------------------------------------------------------------------------- the tokenizer
+
+
+def load_run_tokenizer(run_dir: str | Path) -> Tokenizer | None:
+    """The tokenizer of a run being resumed: ``tokenizer.json`` beside its checkpoints. The ids
+    in those checkpoints mean nothing without it, so a missing or damaged file is restored from
+    the copy every checkpoint carries (newest readable first), and the restore is reported.
+
+    None when there is nothing to resume (no readable checkpoint: the run starts afresh, with
+    the tokenizer its data gives), or when the file is missing and only checkpoints from before
+    they carried a copy exist (as before: the data's tokenizer is used)."""
+    run_dir = Path(run_dir)
+    path = run_dir / TOKENIZER_FILE
+    files = checkpoint_files(run_dir) if run_dir.is_dir() else []
+    if not files:
+        return None
+    if path.is_file():
+        try:
+            return load_tokenizer(path)
+        except DataError as exc:
+            problem = f"could not be read ({str(exc).splitlines()[0]})"
+    else:
+        problem = "was missing"
+    readable = False
+    for candidate in files:
+        try:
+            saved = load_checkpoint(candidate.path).get("tokenizer")
+            readable = True
+            tokenizer = tokenizer_from_dict(saved) if isinstance(saved, dict) else None
+        except (CheckpointError, DataError):
+            continue
+        if tokenizer is None:
+            continue
+        tokenizer.save(path)
+        print(f"Note: this run's tokenizer {path} {problem}. Restored it from the copy in "
+              f"checkpoint {candidate.path.name}; the run continues with its own tokenizer.")
+        return tokenizer
+    if not readable or problem == "was missing":
+        return None
+    raise CheckpointError(
+        f"This run's tokenizer {path} {problem}, and none of its checkpoints in "
+        f"{run_dir} holds a readable copy. Restore the file from a backup (the checkpoints' "
+        "token ids mean nothing without it), or start over with a new run_name."
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from matplotlib.figure import Figure
 
 from . import metric_names as M
 from .db_frames import wide_frame
-from .live_plotting import PlotError, column_values, enable_notebook_figures, epoch_axis
+from .live_plotting import RED, PlotError, column_values, enable_notebook_figures, epoch_axis
 from .training_config import NOT_HYPERPARAMETERS
 
 # ---------------------------------------------------------------------- DB's long table -> frames
@@ -84,8 +85,10 @@ def _curve(frame: pd.DataFrame, value_col: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def plot_run_comparison(curves: pd.DataFrame | Mapping[str, pd.DataFrame],
-                        metric: str = M.VAL_LOSS) -> Figure:
-    """One line per run on one axis; the legend carries each run's best value."""
+                        metric: str = M.VAL_LOSS, *, caveat: str | None = None) -> Figure:
+    """One line per run on one axis; the legend (beside the axis, never over a curve) carries
+    each run's best value. ``caveat``: a warning shown under the title, such as
+    ``comparison_table(...).attrs["caveat"]`` when the runs' tokenizers differ."""
     import seaborn as sns
 
     runs = _run_curves(curves, metric)
@@ -93,7 +96,7 @@ def plot_run_comparison(curves: pd.DataFrame | Mapping[str, pd.DataFrame],
     lower_is_better = "loss" in metric or "perplexity" in metric
     palette = sns.color_palette("deep" if len(runs) <= 10 else "husl", len(runs))
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        fig = Figure(figsize=(10, 5.5), layout="constrained")
+        fig = Figure(figsize=(12, 5.5), layout="constrained")
         ax = fig.subplots()
         bests_x, bests_y = [], []
         for color, (run, (x, y)) in zip(palette, runs.items()):
@@ -110,17 +113,87 @@ def plot_run_comparison(curves: pd.DataFrame | Mapping[str, pd.DataFrame],
                        label="best of each run")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric + (" (lower is better)" if lower_is_better else ""))
-        ax.set_title(f"{metric} across {len(runs)} run{'s' if len(runs) != 1 else ''}")
+        title = f"{metric} across {len(runs)} run{'s' if len(runs) != 1 else ''}"
+        if caveat:
+            fig.suptitle(title, fontsize=12)
+            ax.set_title("\n".join(textwrap.wrap(caveat, 110)), color=RED,
+                         fontsize=9, gid="caveat")
+        else:
+            ax.set_title(title)
         epoch_axis(ax, np.concatenate([x for x, _ in runs.values()]))
-        ax.legend(loc="best", fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
     return fig
+
+
+# ---------------------------------------------------------------------- what a config means
+
+_DATA_FIELDS = {"dataset_name", "dataset_config", "data_path", "text_column", "max_samples",
+                "tokenizer", "vocab_size", "synthetic_tokens", "synthetic_order"}
+_SHAPE_FIELDS = {"n_layers", "n_heads", "d_model", "d_ff"}
+
+
+def applies(key: str, config: Mapping[str, Any]) -> bool:
+    """Whether a config field means anything for this run: ``dataset_name`` does nothing for a
+    local file, ``n_layers`` nothing for an exported model (its config.json decides), and so on.
+    Fields whose deciding setting is absent from ``config`` count as applying."""
+    source = config.get("data_source")
+    if key in _DATA_FIELDS and source is not None:
+        hub_files = source == "huggingface" and bool(config.get("data_path"))
+        if source == "synthetic":
+            return key in ("vocab_size", "synthetic_tokens", "synthetic_order")
+        if key in ("synthetic_tokens", "synthetic_order"):
+            return False
+        if key in ("dataset_name", "dataset_config"):
+            return source == "huggingface" and not hub_files
+        if key == "data_path":
+            return source != "huggingface" or hub_files
+        if key == "vocab_size" and "tokenizer" in config:
+            return config["tokenizer"] == "bpe"  # byte and char tokenizers fix their own
+    model = config.get("model_source")
+    if key in _SHAPE_FIELDS and model is not None:
+        return model == "builtin"
+    if key == "model_ref" and model is not None:
+        return model != "builtin"
+    return True
+
+
+def tokenizer_label(config: Mapping[str, Any]) -> str:
+    """What turned this run's text into token ids, as far as its config says. A BPE or char
+    vocabulary is learnt from the data, so the data is part of its name."""
+    if config.get("data_source") == "synthetic":
+        return f"synthetic ids ({config.get('vocab_size')})"
+    kind = str(config.get("tokenizer", "?"))
+    if config.get("data_source") == "huggingface" and not config.get("data_path"):
+        data = str(config.get("dataset_name", "")) + (
+            f"/{config['dataset_config']}" if config.get("dataset_config") else "")
+    else:
+        data = str(config.get("data_path") or config.get("data_source", ""))
+    if kind == "bpe":
+        return f"BPE {config.get('vocab_size')} of {data}"
+    if kind == "char":
+        return f"char of {data}"
+    return kind  # byte, or a tokenizer.json path
+
+
+def tokenizer_caveat(configs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The warning runs with different tokenizers need, or None when they share one."""
+    labels = list(dict.fromkeys(tokenizer_label(c) for c in configs
+                                if "tokenizer" in c or "data_source" in c))  # known ones
+    if len(labels) < 2:
+        return None
+    return (f"These runs use different tokenizers ({'; '.join(labels)}): a token is a "
+            "different piece of text in each, so loss per token is not comparable between "
+            "them. Compare val loss only between runs that share a tokenizer.")
 
 
 def comparison_table(runs: Sequence[Mapping[str, Any]], metric: str = M.VAL_LOSS) -> pd.DataFrame:
     """One row per run: the hyperparameters that differ between them, then the outcomes.
 
     Each run is ``{"name": str, "config": mapping, "summary": per-epoch DataFrame}`` (summary
-    optional). Settings every run shares are left out: they cannot explain a difference.
+    optional). Settings every run shares are left out: they cannot explain a difference. So are
+    settings that mean nothing for a run (:func:`applies`): blank in its row, and no column at
+    all when they apply to none of the runs. When the runs' tokenizers differ, a "tokenizer"
+    column names each one and ``table.attrs["caveat"]`` says why their losses do not compare.
     """
     if not runs:
         raise PlotError("comparison_table() needs at least one run.")
@@ -131,12 +204,21 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], metric: str = M.VAL_LOSS
     keys: list[str] = []
     for config in configs:
         keys += [k for k in config if k not in keys and k not in NOT_HYPERPARAMETERS]
+    shown = [{k: config.get(k) for k in keys if applies(k, config)} for config in configs]
+    missing = object()  # "does not apply" is a value of its own: it differs from any setting
     differing = [k for k in keys
-                 if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+                 if any(k in s for s in shown)
+                 and len({json.dumps(s.get(k, missing), sort_keys=True, default=repr)
+                          for s in shown}) > 1]
+    caveat = tokenizer_caveat(configs)
+    if caveat is not None:
+        differing = ["tokenizer", *(k for k in differing if k != "tokenizer")]
+        for config, values in zip(configs, shown):
+            values["tokenizer"] = tokenizer_label(config)
     rows = []
-    for run, config in zip(runs, configs):
+    for run, settings in zip(runs, shown):
         row: dict[str, Any] = {"run": run.get("name", "")}
-        row.update({k: config.get(k) for k in differing})
+        row.update({k: settings.get(k, "") for k in differing})
         summary = run.get("summary")
         values = column_values(summary, metric) if isinstance(summary, pd.DataFrame) else None
         row[f"best {metric}"] = float(np.nanmin(values)) if values is not None else math.nan
@@ -148,4 +230,7 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], metric: str = M.VAL_LOSS
         rate = column_values(summary, M.TOKENS_PER_SEC) if isinstance(summary, pd.DataFrame) else None
         row["tokens/s"] = float(np.nanmean(rate)) if rate is not None else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if caveat is not None:
+        table.attrs["caveat"] = caveat
+    return table

@@ -89,7 +89,10 @@ class TrainingDashboard:
         run_name: str = "",
         config: Mapping[str, Any] | None = None,
         max_grad_norm: float | None = None,
+        precision: str | None = None,
     ) -> None:
+        """``precision``: what the run trained in (bf16, fp16, fp32); the config may only say
+        "auto", which names no precision."""
         if not isinstance(summary, pd.DataFrame):
             raise PlotError(
                 f"TrainingDashboard needs the per-epoch summary as a pandas DataFrame (got "
@@ -117,6 +120,7 @@ class TrainingDashboard:
         if max_grad_norm is None:
             max_grad_norm = self.config.get("max_grad_norm")
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else None
+        self.precision = precision or None
         self.figure: Figure | None = None
         self.panels: dict[str, Any] = {}  # panel name -> its (main) Axes, filled by plot()
 
@@ -143,6 +147,7 @@ class TrainingDashboard:
         summary, history = metrics_frames(db.get_metrics(run_id))
         kwargs.setdefault("run_name", str(run.get("name") or ""))
         kwargs.setdefault("config", config)
+        kwargs.setdefault("precision", (run.get("summary") or {}).get("precision"))
         return cls(summary, history, **kwargs)
 
     # ------------------------------------------------------------------ output
@@ -217,8 +222,9 @@ class TrainingDashboard:
         params = c.get("n_params") or c.get("num_parameters")
         if params:
             parts.append(f"{float(params) / 1e6:.1f}M params")
-        if "precision" in c:
-            parts.append(str(c["precision"]))
+        precision = self.precision or c.get("precision")
+        if precision and precision != "auto":  # "auto" says nothing about what was used
+            parts.append(str(precision))
         outcome = []
         val = column_values(self.summary, M.VAL_LOSS)
         if val is not None:
@@ -428,24 +434,45 @@ class TrainingDashboard:
             _no_data(ax, "no throughput or memory recorded")
             return
         epochs = self._epoch_x(ax)
+        handles = []
+        holder = ax
         if rss is not None:
-            ax.plot(epochs, rss, "o-", color=BLUE, lw=1.8, ms=5)
-            ax.set_ylim(0, np.nanmax(rss) * 1.3)
+            top = float(np.nanmax(rss))
+            handles += ax.plot(epochs, rss, "o-", color=BLUE, lw=1.8, ms=7,
+                               label="process memory (GiB)")
+            # Memory keeps to the lower part of the panel and throughput to the upper part:
+            # scaled alike, the two would sit on each other (with one epoch, as one dot).
+            _band(ax, top, top * (2.4 if rate is not None else 1.3))
             _twin_label(ax, "process memory, RSS (GiB)", BLUE)
         if rate is not None:
-            _throughput(ax, epochs, rate, "s--", "throughput (tokens/s)", 1.3, twin=rss is not None)
+            holder = _throughput(ax, epochs, rate, "s--", "throughput (tokens/s)",
+                                 1.45 if rss is not None else 1.3, twin=rss is not None)
+            handles += holder.lines[-1:]
+        if len(handles) > 1:
+            holder.legend(handles=handles, loc="upper center", ncol=2, fontsize=9, frameon=True)
+
+
+def _band(ax: Any, top: float, limit: float) -> None:
+    """Axis from 0 to ``limit``, ticked only up to just past the data's ``top``: the rest of
+    the height belongs to another series (or the legend), and unticked it reads as such."""
+    ax.set_ylim(0, limit)
+    ticks = MaxNLocator(5).tick_values(0, top)
+    ceiling = min((t for t in ticks if t >= top * 0.999), default=top)  # one tick at or above
+    ax.set_yticks([t for t in ticks if t <= ceiling])
 
 
 def _throughput(ax: Any, epochs: np.ndarray, rate: np.ndarray, style: str, label: str,
-                headroom: float, twin: bool) -> None:
-    """Tokens/s per epoch, on a twin axis when the panel already shows something else."""
+                headroom: float, twin: bool) -> Any:
+    """Tokens/s per epoch, on a twin axis when the panel already shows something else; returns
+    the axis it is on."""
     target = ax.twinx() if twin else ax
-    target.plot(epochs, rate, style, color=ORANGE, lw=1.8, ms=5)
+    target.plot(epochs, rate, style, color=ORANGE, lw=1.8, ms=6, label=label)
     target.yaxis.set_major_formatter(FuncFormatter(_thousands))
     target.set_ylim(0, np.nanmax(rate) * headroom)
     _twin_label(target, label, ORANGE)
     if twin:
         target.grid(False)
+    return target
 
 
 def _zoom_past_first_epoch(ax: Any, epochs: np.ndarray, series: list) -> None:

@@ -7,21 +7,31 @@ Floor 3: stdlib only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import operator
+import socket
 import sqlite3
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
-STATUSES = (
-    "running", "completed", "failed", "early_stopped", "stopped", "pruned", "diverged",
-    "interrupted",
-)
+from . import metric_names as M
+from .workspace import pid_alive
+
+SCHEMA_VERSION = 3
+STATUSES = M.STATUSES
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# SQLite's companions of a database file: the write-ahead log holds the newest committed rows
+# until a checkpoint copies them into the main file, so the three only ever move together.
+SIDECARS = ("-wal", "-shm")
+# A "running" row whose process cannot be checked (another machine, or a row from before
+# schema v3 recorded it) counts as abandoned once nothing was written to it for this long.
+STALE_RUN_SECONDS = 3600.0
+HOST = socket.gethostname()
 
 # Version 1, exactly as it shipped. A fresh database is built as v1 plus every migration, so a
 # new file and an upgraded one are the same by construction.
@@ -70,6 +80,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX runs_study ON runs(study)",
         "CREATE INDEX runs_parent ON runs(parent_run_id)",
     ),
+    # Which process writes a running row: a row left "running" by a process that is gone is
+    # shown as interrupted, and the next start of the same run takes it over.
+    2: (
+        "ALTER TABLE runs ADD COLUMN pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN host TEXT",
+    ),
 }
 
 
@@ -77,31 +93,157 @@ class ExperimentDBError(RuntimeError):
     """The experiment database cannot do what was asked; the message names the file and the fix."""
 
 
+class RunNotFoundError(ExperimentDBError):
+    """No run with that id or name; ``run`` and ``path`` let a caller (the CLI) name its own
+    way of listing the runs."""
+
+    def __init__(self, run: int | str, path: Path | str,
+                 hint: str = "db.list_runs() shows the runs") -> None:
+        self.run, self.path = run, path
+        what = f"named {run!r}" if isinstance(run, str) else f"with id {run}"
+        super().__init__(f"no run {what} in {path}; {hint}")
+
+
+def sidecar(path: Path | str, suffix: str) -> Path:
+    return Path(f"{path}{suffix}")
+
+
+def _move_advice(path: Path) -> str:
+    """How to set a database aside without losing rows: with its -wal/-shm, names unchanged."""
+    present = [sidecar(path, s).name for s in SIDECARS if sidecar(path, s).exists()]
+    together = (f"together with {' and '.join(present)} (the -wal file holds its newest rows; "
+                f"keep the names unchanged)" if present else
+                f"together with {path.name}-wal and {path.name}-shm if they appear (keep the names)")
+    return (f"To start a fresh history, move {path.name} into a new folder (e.g. "
+            f"{path.parent / 'corrupt-history'}) {together}, and keep them to recover rows "
+            f"later; or restore a good copy (in Colab, the workspace copy on Google Drive)")
+
+
 def corrupt_error(path: Path | str, why: str) -> ExperimentDBError:
+    path = Path(path)
     return ExperimentDBError(
         f"{path} is not a readable experiment database: {why}. The file was left untouched. "
-        f"Rename or move it (e.g. to {Path(path).name}.corrupt) to start a fresh history, or "
-        f"restore a good copy (in Colab, the workspace copy on Google Drive)."
+        f"{_move_advice(path)}."
     )
 
 
-def check_file(path: Path) -> None:
-    """Refuse a file that is not a whole SQLite database *before* SQLite touches it, so a
-    corrupt history is reported and kept instead of being "repaired" into an empty one."""
-    if not path.exists() or path.stat().st_size == 0:
-        return  # SQLite treats an empty file as a new database
+def _header_problem(path: Path, size: int) -> str | None:
+    """What is wrong with the main file read on its own, or None."""
     with open(path, "rb") as fh:
         header = fh.read(100)
-    size = path.stat().st_size
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise corrupt_error(path, "it does not start with a SQLite header")
+        return "it does not start with a SQLite header"
     page_size = struct.unpack(">H", header[16:18])[0]
     page_size = 65536 if page_size == 1 else page_size  # 1 encodes 65536
     change_counter, pages = struct.unpack(">II", header[24:32])
     valid_for = struct.unpack(">I", header[92:96])[0]
     # The page count in the header is trustworthy when these two counters agree (SQLite >= 3.7).
     if pages and change_counter == valid_for and pages * page_size > size:
-        raise corrupt_error(path, f"it is truncated ({size:,} of {pages * page_size:,} bytes)")
+        return f"it is truncated ({size:,} of {pages * page_size:,} bytes)"
+    return None
+
+
+def _sqlite_verdict(path: Path) -> str | None:
+    """Let SQLite itself open the file with its WAL (read-only: it recovers the log in memory
+    and changes nothing) and check every page; the reason it cannot, or None."""
+    shm = sidecar(path, "-shm")
+    had_shm = shm.exists()
+    why = None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        finally:
+            conn.close()
+        if rows != ["ok"]:
+            lines = [ln.strip() for r in rows for ln in str(r).splitlines()]
+            why = "; ".join(ln for ln in lines if ln and not ln.startswith("***"))
+    except sqlite3.DatabaseError as exc:
+        why = str(exc)
+    if why is not None and not had_shm:
+        with contextlib.suppress(OSError):
+            shm.unlink()  # the index this check created; nothing else uses a refused file
+    return why
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file that is not a whole SQLite database *before* a writable connection touches
+    it, so a corrupt history is reported and kept instead of being "repaired" into an empty one.
+
+    A main file that looks short on its own is normal next to a -wal file (a full disk or a kill
+    during a checkpoint leaves exactly that): then SQLite, which replays the log, has the last
+    word. Only what SQLite itself cannot read is refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExperimentDBError(
+            f"{path} is a folder, but the experiment database must be a file there. The folder "
+            f"was left untouched. Rename or move the folder (e.g. to {path.name}.folder), or "
+            f"pass another workspace or database path.")
+    wal = sidecar(path, "-wal")
+    wal_size = wal.stat().st_size if wal.is_file() else 0
+    size = path.stat().st_size if path.exists() else 0
+    if size == 0:
+        if wal_size:
+            # SQLite deletes the log of an empty or missing database file: its rows would be lost.
+            raise ExperimentDBError(
+                f"{path} is {'empty' if path.exists() else 'missing'}, but {wal.name} next to it "
+                f"holds {wal_size:,} bytes of a database's newest rows, which SQLite would discard. "
+                f"Nothing was changed. Put the database file it belongs to back as {path.name}, "
+                f"or move {wal.name} (and {path.name}-shm, if present) into a folder of its own "
+                f"to start a fresh history.")
+        return  # SQLite treats an empty file as a new database
+    problem = _header_problem(path, size)
+    if problem is None:
+        return  # SQLite replays any log when it opens the file
+    if not wal_size:
+        raise corrupt_error(path, problem)
+    why = _sqlite_verdict(path)
+    if why is not None:
+        raise corrupt_error(path, f"{problem}, and SQLite cannot rebuild it from {wal.name} "
+                            f"({why})")
+
+
+def owner_gone(pid: int | None, host: str | None, updated_at: float | None,
+               now: float | None = None) -> bool:
+    """Whether the process that writes a "running" row is gone (killed, VM wiped).
+
+    On this machine the pid says; elsewhere (or for a row from before pids were kept) only the
+    time since the row was last written can, so such a row waits ``STALE_RUN_SECONDS``."""
+    if pid is not None and host == HOST:
+        return not pid_alive(int(pid))
+    now = time.time() if now is None else now
+    return updated_at is None or now - float(updated_at) > STALE_RUN_SECONDS
+
+
+def shown_status(status: str, pid: int | None, host: str | None,
+                 updated_at: float | None) -> str:
+    """The status a person should see: a running row whose process is gone was interrupted."""
+    if status == M.RUNNING and owner_gone(pid, host, updated_at):
+        return M.INTERRUPTED
+    return status
+
+
+# What SQLite's terse errors mean to a person, and what to do (keyed by a word in the error).
+_ERROR_HINTS = {
+    "locked": "another process is writing to this file and kept it locked longer than the busy "
+              "timeout (another notebook tab or Colab session, a search worker, or a running "
+              "`python -m utils.training` command). Wait for it to finish, or stop it, then try "
+              "again; or use another workspace (--workspace DIR, Workspace.setup(root=...)). "
+              "Rows written so far are kept",
+    "full": "the disk is full. Free some space (old checkpoints, datasets/ caches) and try "
+            "again; rows written so far are kept",
+    "readonly": "the file, its folder or the disk is read-only. Make them writable or use "
+                "another workspace (--workspace DIR, Workspace.setup(root=...)); nothing was "
+                "written",
+    "unable to open": "check that its folder exists and is writable, or use another workspace "
+                      "(--workspace DIR, Workspace.setup(root=...))",
+}
+
+
+def error_hint(text: str) -> str:
+    """"; <what to do>" for a SQLite error message, or "" when there is nothing to add."""
+    extra = next((h for key, h in _ERROR_HINTS.items() if key in text), "")
+    return f"; {extra}" if extra else ""
 
 
 def check_ours(conn: sqlite3.Connection, path: Path | str) -> int:

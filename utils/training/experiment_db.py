@@ -31,26 +31,32 @@ import pandas as pd
 from . import db_frames as F
 from . import metric_names as M
 from .db_schema import (
+    HOST,
     SCHEMA_VERSION,
     STATUSES,
     ExperimentDBError,
+    RunNotFoundError,
     check_file,
     check_ours,
     check_status,
     config_dict,
     corrupt_error,
     dumps,
+    error_hint,
     metric_value,
+    owner_gone,
     position,
+    shown_status,
     upgrade,
 )
-from .workspace import TEMP_MARKER, Workspace, atomic_write
+from .workspace import UnsafeNameError, Workspace, atomic_write, check_name, temp_name
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "ExperimentDB", "ExperimentDBError"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "ExperimentDB", "ExperimentDBError", "RunNotFoundError"]
 
 _FINITE = (-sys.float_info.max, sys.float_info.max)  # BETWEEN these drops NaN (NULL) and +-inf
 _RUN_COLUMNS = ["id", "name", "status", "config_json", "tags", "notes", "created_at",
-                "updated_at", "finished_at", "summary_json", "study", "parent_run_id"]
+                "updated_at", "finished_at", "summary_json", "study", "parent_run_id", "pid",
+                "host"]
 
 
 def _order(mode: str) -> str:
@@ -88,8 +94,11 @@ class ExperimentDB:
         if not memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             check_file(self.path)
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise ExperimentDBError(f"{self.path}: {exc}{error_hint(str(exc))}") from exc
         try:
             with self._errors():
                 self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -142,13 +151,7 @@ class ExperimentDB:
             text = str(exc)
             if "malformed" in text or "not a database" in text:
                 raise corrupt_error(self.path, text) from exc
-            hint = {
-                "locked": "another process held the write lock longer than the busy timeout",
-                "full": "the disk is full; free some space",
-                "readonly": "the file or its folder is read-only; pass a writable path",
-            }
-            extra = next((h for key, h in hint.items() if key in text), "")
-            raise ExperimentDBError(f"{self.path}: {text}{'; ' + extra if extra else ''}") from exc
+            raise ExperimentDBError(f"{self.path}: {text}{error_hint(text)}") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -176,16 +179,14 @@ class ExperimentDB:
         """A run id, or the newest run with that name; unknown ones are an error, not None."""
         if isinstance(run, str):
             rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (run,))
-            what = f"named {run!r}"
         else:
             try:
                 run = operator.index(run)
             except TypeError:
                 raise ExperimentDBError(f"expected a run id or run name, got {run!r}") from None
             rows = self._query("SELECT id FROM runs WHERE id = ?", (run,))
-            what = f"with id {run}"
         if not rows:
-            raise ExperimentDBError(f"no run {what} in {self.path}; db.list_runs() shows the runs")
+            raise RunNotFoundError(run, self.path)
         return rows[0][0]
 
     # ------------------------------------------------------------------ runs
@@ -198,13 +199,25 @@ class ExperimentDB:
         A resumed run continues its own row, so a restarted Colab session extends its history:
         ``resume_run_id`` (the id a checkpoint remembered) or ``resume=True`` (the newest run
         with this name). The config and new tags/notes are updated on the resumed row.
+
+        Without either, a row of the same name (and study) left ``running`` by a process that
+        is gone (killed before its first checkpoint) is taken over rather than left behind
+        next to a second row; the tracker drops its metrics past the step training restarts
+        from, so no step is recorded twice. ``name`` must be a safe file name (it names the
+        run's folders too): see :func:`workspace.check_name`.
         """
         cfg = config_dict(config)
         name = name or cfg.get("run_name") or "run"
+        try:
+            check_name(name)
+        except UnsafeNameError as exc:
+            raise ExperimentDBError(str(exc)) from None
         tags = [tags] if isinstance(tags, str) else list(tags)
         if any(type(t) is not str for t in tags):
             raise ExperimentDBError(f"tags must be strings, got {tags!r}")
         existing = self._resumable(name, resume, resume_run_id)
+        if existing is None and not resume and resume_run_id is None:
+            existing = self._take_over(name, study)
         if existing is not None:
             with self._write() as conn:
                 if cfg:
@@ -220,11 +233,29 @@ class ExperimentDB:
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (name, status, config_json, tags, notes, created_at, updated_at,"
-                " study, parent_run_id) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
-                (name, dumps(cfg), dumps(list(dict.fromkeys(tags))), notes, now, now, study,
-                 parent_run_id),
+                " study, parent_run_id, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, M.RUNNING, dumps(cfg), dumps(list(dict.fromkeys(tags))), notes, now, now,
+                 study, parent_run_id, os.getpid(), HOST),
             )
             return int(cursor.lastrowid)
+
+    def _take_over(self, name: str, study: str | None) -> int | None:
+        """The newest run of this name, when its process left it ``running`` and is gone.
+
+        Checked and claimed in one write transaction, so two restarts never claim one row."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, status, pid, host, updated_at FROM runs WHERE name = ? AND study IS ?"
+                " ORDER BY id DESC LIMIT 1", (name, study)).fetchone()
+            if row is None or row[1] != M.RUNNING or not owner_gone(*row[2:]):
+                return None
+            conn.execute("UPDATE runs SET pid = ?, host = ?, updated_at = ? WHERE id = ?",
+                         (os.getpid(), HOST, time.time(), row[0]))
+        # Always said (like the checkpoint note in _resumable): the history changes shape.
+        print(f"Note: run {name!r} (id {row[0]}) was left running by a process that is gone "
+              f"(stopped before its first checkpoint?); this run continues that row, and its "
+              f"metrics from the steps trained again are replaced ({self.path}).")
+        return int(row[0])
 
     def _resumable(self, name: str, resume: bool, resume_run_id: int | None) -> int | None:
         if resume_run_id is not None:
@@ -250,8 +281,8 @@ class ExperimentDB:
         run_id = self._run_id(run)
         with self._write() as conn:
             conn.execute(
-                "UPDATE runs SET status = 'running', updated_at = ?, finished_at = NULL "
-                "WHERE id = ?", (time.time(), run_id))
+                "UPDATE runs SET status = ?, updated_at = ?, finished_at = NULL, pid = ?, "
+                "host = ? WHERE id = ?", (M.RUNNING, time.time(), os.getpid(), HOST, run_id))
         if discard_after_step is not None:
             self.delete_metrics_after(run_id, discard_after_step)
         return run_id
@@ -265,10 +296,10 @@ class ExperimentDB:
                                   (run_id, position(step, "step")))
             return cursor.rowcount
 
-    def finish_run(self, run_id: int | str, status: str = "completed",
+    def finish_run(self, run_id: int | str, status: str = M.COMPLETED,
                    summary: Any = None) -> None:
         """Close a run; ``summary`` (a dict or a dataclass such as TrainingResult) is kept as JSON."""
-        if status == "running":
+        if status == M.RUNNING:
             raise ExperimentDBError("finish_run(status='running') makes no sense; use resume_run")
         check_status(status)
         if summary is not None and dataclasses.is_dataclass(summary):
@@ -282,7 +313,7 @@ class ExperimentDB:
                 (status, now, now, None if summary is None else dumps(summary), run_id))
 
     def set_status(self, run_id: int | str, status: str) -> None:
-        if status != "running":
+        if status != M.RUNNING:
             self.finish_run(run_id, status)
             return
         self.resume_run(run_id)
@@ -314,10 +345,12 @@ class ExperimentDB:
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def get_run(self, run_id: int | str) -> dict[str, Any]:
-        """One run as a dict with its config, tags and summary parsed."""
+        """One run as a dict with its config, tags and summary parsed; a ``running`` row whose
+        process is gone says ``interrupted`` (``pid``/``host``: who wrote it last)."""
         run_id = self._run_id(run_id)
         row = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
         run = dict(zip(_RUN_COLUMNS, row[0]))
+        run["status"] = shown_status(run["status"], run["pid"], run["host"], run["updated_at"])
         run["config"] = json.loads(run.pop("config_json"))
         run["tags"] = json.loads(run["tags"])
         summary = run.pop("summary_json")
@@ -413,6 +446,7 @@ class ExperimentDB:
                   mode: str = "min") -> pd.DataFrame:
         """One row per run, newest first, with the best ``metric`` and the last epoch.
 
+        A ``running`` row whose process is gone is listed (and filtered) as ``interrupted``.
         The per-run numbers are index seeks on ``metrics(name, run_id, value, epoch)``, so this
         stays fast with thousands of runs and millions of metric rows.
         """
@@ -423,11 +457,17 @@ class ExperimentDB:
             "SELECT r.id, r.name, r.status, r.created_at, r.finished_at, r.updated_at, r.tags, "
             "r.study, r.parent_run_id, r.notes, "
             f"(SELECT value {best_sub}), (SELECT epoch {best_sub}), "
-            "(SELECT MAX(epoch) FROM metrics WHERE name IN (?, ?) AND run_id = r.id) "
-            "FROM runs r WHERE 1 = 1"
+            "(SELECT MAX(epoch) FROM metrics WHERE name IN (?, ?) AND run_id = r.id), "
+            "r.pid, r.host FROM runs r WHERE 1 = 1"
         )
         params: list[Any] = [metric, *_FINITE, metric, *_FINITE, M.TRAIN_LOSS, M.VAL_LOSS]
-        if status is not None:
+        # Whether a running row counts as interrupted is decided here, not in SQL: those two
+        # statuses are filtered (and limited) after it.
+        live = status in (M.RUNNING, M.INTERRUPTED)
+        if live:
+            sql += " AND r.status IN (?, ?)"
+            params += [M.RUNNING, M.INTERRUPTED]
+        elif status is not None:
             sql += " AND r.status = ?"
             params.append(check_status(status))
         if study is not None:
@@ -437,8 +477,12 @@ class ExperimentDB:
             sql += " AND instr(r.tags, ?) > 0"  # the JSON-quoted tag matches whole elements only
             params.append(json.dumps(tag))
         sql += " ORDER BY r.id DESC LIMIT ?"
-        params.append(-1 if limit is None else int(limit))
-        return F.runs_frame(self._query(sql, params), metric)
+        params.append(-1 if limit is None or live else int(limit))
+        rows = [(*r[:2], shown_status(r[2], r[-2], r[-1], r[5]), *r[3:-2])
+                for r in self._query(sql, params)]
+        if live:
+            rows = [r for r in rows if r[2] == status][:limit]
+        return F.runs_frame(rows, metric)
 
     def best_run(self, metric: str = M.VAL_LOSS, mode: str = "min", study: str | None = None,
                  status: str | None = None) -> dict[str, Any] | None:
@@ -483,7 +527,7 @@ class ExperimentDB:
         if not local.exists() and target.exists() and target.stat().st_size > 0:
             check_file(target)
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}{TEMP_MARKER}restore-{os.getpid()}")
+            tmp = local.with_name(temp_name(local.name))
             try:
                 shutil.copyfile(target, tmp)
                 # link, not replace: never swap the file under a process that restored it first

@@ -1,8 +1,14 @@
 """Taking results home: what the workspace holds, a model bundle per run, a zip, run tables.
 
 A bundle (``results/bundles/<run>/``) is what someone needs to use a trained model without the
-workspace: the weights as safetensors (no pickle, so loading never runs code), the TrainingConfig,
-the tokenizer and a README whose snippet loads it and generates text with :func:`load_bundle`.
+workspace, or this library: the built-in GPT as a Hugging Face GPT-2 folder (``config.json``,
+``model.safetensors``, ``generation_config.json``, ``tokenizer.json``), which ``transformers``
+loads by itself; a Transformer Builder model as its own ``model.py`` and ``config.json`` beside
+the weights, which plain torch loads. Either way the README's snippet uses nothing of ours, the
+weights are safetensors (no pickle) and ``training_config.json`` keeps the run's settings.
+:func:`load_bundle` reads a bundle back into this library; it runs a bundle's ``model.py`` only
+with ``trust=True``, after showing each file's SHA-256.
+
 Weights come from the run's best checkpoint (else its newest), because that is the model the
 run's reported val loss belongs to. Floor 6: wiring over checkpoints, models, data and the DB.
 """
@@ -10,7 +16,6 @@ run's reported val loss belongs to. Floor 6: wiring over checkpoints, models, da
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -22,16 +27,41 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from . import metric_names as M
-from .checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import (
+    TOKENIZER_FILE,
+    CheckpointError,
+    checkpoint_files,
+    load_checkpoint,
+    load_run_tokenizer,
+)
 from .data import load_tokenizer, tokenizer_from_dict
-from .models import build_model, generate, load_exported_model, parse_source
+from .data.tokenizer import save_tokenizer
+from .models import ModelLoadError, build_model, generate, load_exported_model, parse_source
+from .models.export_source import file_hashes, read_config
+from .models.gpt import gpt_config
+from .models.hf_gpt2 import (
+    TRANSFORMERS_SNIPPET,
+    WEIGHTS,
+    GPT2ConversionError,
+    load_gpt2_folder,
+    save_gpt2_folder,
+)
+from .models.standalone import torch_snippet
+from .models.weights import load_weights, save_weights
 from .training_config import TrainingConfig
-from .workspace import Workspace, atomic_dir, in_colab, is_temp_name
+from .workspace import (
+    ARCHIVES,
+    BUNDLES,
+    RESULT_SUFFIXES,
+    UnsafeNameError,
+    Workspace,
+    atomic_dir,
+    in_colab,
+    is_temp_name,
+)
 
 __all__ = [
     "ExportError", "add_export_command", "add_runs_command", "download", "export_archive",
@@ -39,13 +69,12 @@ __all__ = [
     "run_comparison_table",
 ]
 
-BUNDLES = "bundles"
-ARCHIVES = "archives"
 MODEL_SOURCE_DIR = "model_source"  # an exported model's own model.py + config.json
-WEIGHTS = "model.safetensors"
-# The files a session writes to results/ for a run, by suffix: matching on "<run>_" alone would
-# also take run "a_b"'s files for run "a".
-RESULT_SUFFIXES = ("_dashboard.png", "_live.png", "_metrics.csv", "_batches.csv")
+TRAINING_CONFIG = "training_config.json"  # the run's TrainingConfig; config.json is the model's
+# The files of results/ that belong to a run's archive, by kind (workspace.RESULT_SUFFIXES):
+# matching on "<run>_" alone would also take run "a_b"'s files for run "a". The executed demo
+# notebook ("notebook") stays out: it is the demo's output, not the run's.
+ARCHIVED_RESULTS = ("dashboard", "live", "metrics", "batches")
 KINDS = ("checkpoints", "configs", "results", "bundles", "archives", "datasets", "database",
          "other")
 
@@ -83,7 +112,7 @@ def _of_run(rel: Path, run: str) -> bool:
             or (parts[:2] == ("results", BUNDLES) and len(parts) > 3 and parts[2] == run)
             or (parts[:2] == ("results", ARCHIVES) and rel.name == f"{run}.zip")
             or (parts[0] == "results" and len(parts) == 2
-                and rel.name in {run + suffix for suffix in RESULT_SUFFIXES}))
+                and rel.name in {run + RESULT_SUFFIXES[kind] for kind in ARCHIVED_RESULTS}))
 
 
 def _files(root: Path) -> list[Path]:
@@ -139,40 +168,19 @@ def _run_and_workspace(run: Any, workspace: Workspace | None) -> tuple[str, Work
 
 
 def _checkpoint(workspace: Workspace, run: str) -> Path:
-    folder = workspace.checkpoints / run
-    # Zero-padded step numbers: sorting the names sorts by step.
-    best = sorted(folder.glob("best-step-*.pt"))
-    periodic = sorted(folder.glob("step-*.pt"))
-    if best or periodic:
-        return (best or periodic)[-1]
-    runs = sorted(p.name for p in workspace.checkpoints.iterdir() if p.is_dir() and any(
-        p.glob("*.pt"))) if workspace.checkpoints.exists() else []
+    """The run's newest best checkpoint, else its newest periodic one."""
+    folder = workspace.run_dir(run, create=False)
+    files = checkpoint_files(folder) if folder.is_dir() else []  # newest first
+    chosen = [f for f in files if f.best] or files
+    if chosen:
+        return chosen[0].path
+    runs = sorted(p.name for p in workspace.checkpoints.iterdir() if p.is_dir() and
+                  checkpoint_files(p)) if workspace.checkpoints.exists() else []
     hint = ("Search trials keep no checkpoints (unless run_search(keep_trial_checkpoints="
             "True)): train the search's best_config and export that run." if "-trial-" in run
             else "Train it first (checkpoints are saved every epoch).")
     raise ExportError(f"Run {run!r} has no checkpoint in {folder}; runs with checkpoints: "
                       f"{', '.join(runs) or 'none'}. {hint}")
-
-
-def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, str]]:
-    """Tensors safetensors will accept, and {alias: name} for the tied ones.
-
-    safetensors refuses tensors that share memory (a tied embedding and output head): a tensor
-    identical to one already kept becomes an alias, any other overlap an independent copy."""
-    kept: dict[tuple, str] = {}
-    storages: set[int] = set()
-    tensors, aliases = {}, {}
-    for name, tensor in state.items():
-        ptr = tensor.untyped_storage().data_ptr()
-        key = (ptr, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
-        if key in kept:
-            aliases[name] = kept[key]
-            continue
-        kept[key] = name
-        shared = ptr in storages and tensor.numel() > 0
-        storages.add(ptr)
-        tensors[name] = tensor.clone() if shared else tensor.contiguous()
-    return tensors, aliases
 
 
 def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -> Path:
@@ -200,34 +208,102 @@ def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -
     return cached[-1]
 
 
+def _recipe(config: TrainingConfig, session: Any, folder: Path, vocab_size: int,
+            trust: bool) -> dict[str, Any]:
+    """How the exported model was built and called, for the README's plain-torch lines.
+
+    The session's model recorded it when it was loaded; without a session the model is loaded
+    once more from its files (a Gist's code then runs only with ``trust``).
+    """
+    info = getattr(getattr(session, "model", None), "source_info", None) or {}
+    if "output" in info.get("recipe", {}):
+        return info["recipe"]
+    try:
+        model = load_exported_model(str(folder), vocab_size=vocab_size, verbose=False,
+                                    trust=trust, require_trust=config.model_source == "gist")
+    except ModelLoadError as exc:
+        raise ExportError(f"The bundle's README shows how to build the model with plain torch, "
+                          f"which needs the model built once here: {exc}\nPass trust=True to "
+                          "export_bundle (--trust on the command line), or the session.") from exc
+    return model.source_info["recipe"]
+
+
 _README = """# {run}
 
-A language model trained with the `utils.training` library (TransformerTraining notebook).
+A language model trained with the TransformerTraining notebook: {model}, {params:,} parameters,
+context {block} tokens, tokenizer: {tokenizer}.
 
-- model: {model}, {params:,} parameters, context {block} tokens
-- weights: `{weights}` from checkpoint `{checkpoint}` (epoch {epoch}, step {step}){loss}
-- `config.json`: the TrainingConfig it was trained with; `tokenizer.json`: its tokenizer{source}
+- `{weights}`: the weights, from checkpoint `{checkpoint}` (epoch {epoch}, step {step}){loss}
+- {model_files}
+- `tokenizer.json`, `tokenizer_config.json`: the tokenizer, a Hugging Face file
+- `{training}`: the settings it was trained with
 
 ## Load it and generate text
 
-Needs PyTorch, safetensors and the `utils/training` package (the repository this notebook
-came from) on the Python path. Point `BUNDLE` at this folder if you moved it.
+{needs} Point `BUNDLE` at this folder if you moved it.
 
 ```python
-from utils.training.export import generate_text, load_bundle
+{snippet}```
 
-BUNDLE = {path!r}
-model, tokenizer, config = load_bundle(BUNDLE)
-print(generate_text(model, tokenizer, prompt={prompt!r}, max_new_tokens=100))
-```
+{after}
 """
 
 
-def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None) -> Path:
+def _gpt2_part(tmp: Path, state: dict, config: TrainingConfig, tokenizer: Any,
+               final: Path) -> dict[str, Any]:
+    """The built-in GPT as a GPT-2 folder in ``tmp``; the README's words for it."""
+    cfg = gpt_config(config, vocab_size=tokenizer.vocab_size)
+    save_gpt2_folder(tmp, state, cfg, tokenizer.eos_id)
+    return dict(
+        model="the built-in GPT, saved as a Hugging Face GPT-2",
+        params=sum(t.numel() for k, t in state.items() if k != "lm_head.weight"),  # tied
+        model_files=f"`config.json`, `generation_config.json`: a Hugging Face GPT-2 "
+                    f"(`GPT2LMHeadModel`); its vocabulary is padded from {cfg.vocab_size} to "
+                    f"{cfg.padded_vocab_size} entries and generation never picks the padding",
+        needs="Needs `torch` and `transformers` (`pip install transformers`), nothing else.",
+        snippet=TRANSFORMERS_SNIPPET.format(path=str(final), prompt=config.sample_prompt),
+        after=f'Or in one line: `pipeline("text-generation", model=BUNDLE)(prompt, '
+              f"max_new_tokens=50)`. Keep prompt + new tokens within {config.block_size}, the "
+              "context it was trained for.")
+
+
+def _builder_part(tmp: Path, state: dict, config: TrainingConfig, tokenizer: Any, final: Path,
+                  folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """A Transformer Builder model's weights and own files in ``tmp``; the README's words."""
+    # model.py's own parameter names (no "inner."), so plain torch loads them into its class.
+    params = save_weights(tmp / WEIGHTS, {k.removeprefix("inner."): v for k, v in state.items()})
+    source = tmp / MODEL_SOURCE_DIR
+    source.mkdir()
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.suffix in (".py", ".json"):
+            shutil.copyfile(file, source / file.name)
+    eos = tokenizer.eos_id
+    hashes = "\n".join(f"- `{MODEL_SOURCE_DIR}/{name}`: `{digest}`"
+                       for name, digest in file_hashes(source).items())
+    return dict(
+        model=f"{config.model_source} model {config.model_ref} (class {recipe['class']})",
+        params=params,
+        model_files=f"`{MODEL_SOURCE_DIR}/`: the exported model's own `model.py` and "
+                    "`config.json`",
+        needs="Needs `torch`, `safetensors` and `tokenizers`, and runs the export's own "
+              f"`{MODEL_SOURCE_DIR}/model.py`.",
+        snippet=torch_snippet(recipe, read_config(source / "config.json"), bundle=str(final),
+                              source_dir=MODEL_SOURCE_DIR, weights=WEIGHTS,
+                              tokenizer="tokenizer.json", prompt=config.sample_prompt,
+                              start_id=eos if eos is not None else 0,
+                              block_size=config.block_size),
+        after="`model.py` is code: it runs when you load the model, so read it first. Its "
+              f"files' SHA-256:\n{hashes}")
+
+
+def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None, *,
+                  trust: bool = False) -> Path:
     """Write ``results/bundles/<run>/`` and return it; ``run`` is a run name or a session.
 
-    The folder is built under a temp name and swapped in whole, so a disconnect never leaves
-    half a bundle next to a README that promises a whole one.
+    The built-in GPT becomes a Hugging Face GPT-2 folder; a Transformer Builder model keeps its
+    own ``model.py`` and ``config.json``. ``trust`` is needed only for a Gist's model exported
+    without its session (building it once runs its code). The folder is built under a temp name
+    and swapped in whole, so a disconnect never leaves half a bundle.
     """
     name, workspace, session = _run_and_workspace(run, workspace)
     checkpoint = _checkpoint(workspace, name)
@@ -236,42 +312,39 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None) 
     except CheckpointError as exc:
         raise ExportError(f"Cannot export run {name!r}: {exc}") from exc
     config = TrainingConfig.from_dict(state["config"])
-    token_file = workspace.checkpoints / name / "tokenizer.json"
-    if token_file.is_file():
-        tokenizer = load_tokenizer(token_file)
-    elif state.get("tokenizer"):
+    token_file = workspace.run_dir(name, create=False) / TOKENIZER_FILE
+    try:  # a missing or damaged tokenizer.json is restored from the checkpoints' copy
+        tokenizer = load_run_tokenizer(workspace.run_dir(name, create=False))
+    except CheckpointError as exc:
+        raise ExportError(f"Cannot export run {name!r}: {exc}") from exc
+    if tokenizer is None and state.get("tokenizer"):
         tokenizer = tokenizer_from_dict(state["tokenizer"])
-    else:
+    if tokenizer is None:
         raise ExportError(f"Run {name!r} saved no tokenizer ({token_file} is missing and the "
                           "checkpoint has none); train it again with this version.")
-    tensors, aliases = _unique_tensors(state["model"])
+    if config.model_source != "builtin":
+        folder = _source_folder(config, session, workspace)
+        recipe = _recipe(config, session, folder, tokenizer.vocab_size, trust)
 
-    final = workspace.results / BUNDLES / name
-    with atomic_dir(final, replace=True) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={
-            "format": "pt", "aliases": json.dumps(aliases), "run_name": name,
-            "checkpoint": checkpoint.name})
-        config.save(tmp / "config.json")
-        tokenizer.save(tmp / "tokenizer.json")
-        source = ""
-        if config.model_source != "builtin":
-            folder = _source_folder(config, session, workspace)
-            (tmp / MODEL_SOURCE_DIR).mkdir()
-            for file in sorted(folder.iterdir()):
-                if file.is_file() and file.suffix in (".py", ".json"):
-                    shutil.copyfile(file, tmp / MODEL_SOURCE_DIR / file.name)
-            source = f"; `{MODEL_SOURCE_DIR}/`: the exported model's own code and config"
+    final = workspace.bundle_dir(name)
+    with atomic_dir(final, replace=True, within=workspace.results / BUNDLES) as tmp:
+        config.save(tmp / TRAINING_CONFIG)
+        save_tokenizer(tokenizer, tmp / "tokenizer.json", model_max_length=config.block_size)
+        if config.model_source == "builtin":
+            try:
+                words = _gpt2_part(tmp, state["model"], config, tokenizer, final)
+            except GPT2ConversionError as exc:
+                raise ExportError(f"Cannot export run {name!r} as GPT-2: {exc}") from exc
+        else:
+            words = _builder_part(tmp, state["model"], config, tokenizer, final, folder, recipe)
         progress = state.get("progress", {})
         best = progress.get("best_val_loss", math.nan)
-        params = sum(t.numel() for t in tensors.values())
         (tmp / "README.md").write_text(_README.format(
-            run=name, weights=WEIGHTS, checkpoint=checkpoint.name, params=params,
-            model="built-in GPT" if config.model_source == "builtin" else
-            f"{config.model_source} {config.model_ref}",
-            block=config.block_size, epoch=progress.get("epoch", "?"),
-            step=progress.get("global_step", "?"), source=source, path=str(final),
-            loss=f"; best val loss {best:.4f}" if math.isfinite(best) else "",
-            prompt=config.sample_prompt), encoding="utf-8")
+            run=name, block=config.block_size, tokenizer=type(tokenizer).__name__,
+            weights=WEIGHTS, checkpoint=checkpoint.name, training=TRAINING_CONFIG,
+            epoch=progress.get("epoch", "?"), step=progress.get("global_step", "?"),
+            loss=f"; best val loss {best:.4f}" if math.isfinite(best) else "", **words),
+            encoding="utf-8")
     _log_artifact(db, name, "bundle", final / WEIGHTS)
     return final
 
@@ -287,32 +360,54 @@ def _log_artifact(db: Any, run: str, kind: str, path: Path) -> None:
         print(f"Note: {kind} not recorded in the experiment database: {exc}")
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any,
-                                                                               TrainingConfig]:
-    """(model in eval mode, tokenizer, config) from a bundle folder written by export_bundle."""
+def _bundle_training_config(folder: Path) -> TrainingConfig:
+    """The TrainingConfig of a bundle; bundles before the GPT-2 layout kept it in config.json."""
+    path = folder / TRAINING_CONFIG
+    return TrainingConfig.load(path if path.is_file() else folder / "config.json")
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", *,
+                trust: bool = False) -> tuple[nn.Module, Any, TrainingConfig]:
+    """(model in eval mode, tokenizer, TrainingConfig) from a bundle folder of export_bundle.
+
+    A built-in GPT's bundle (a GPT-2 folder) loads without running any code. A Transformer
+    Builder model's bundle holds its ``model.py``, which runs only with ``trust=True``, after
+    each file's SHA-256 is shown. Bundles written before the GPT-2 layout load too.
+    """
     folder = Path(path)
-    missing = [n for n in (WEIGHTS, "config.json", "tokenizer.json")
-               if not (folder / n).is_file()]
+    source = folder / MODEL_SOURCE_DIR
+    builtin = not (source / "model.py").is_file()
+    needed = (WEIGHTS, "config.json", "tokenizer.json") if builtin else (
+        WEIGHTS, "tokenizer.json", f"{MODEL_SOURCE_DIR}/config.json")
+    missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise ExportError(f"{folder} is not a complete model bundle: {', '.join(missing)} "
                           "missing. Export it again with export_bundle(run, workspace).")
-    config = TrainingConfig.load(folder / "config.json")
+    config = _bundle_training_config(folder)
     tokenizer = load_tokenizer(folder / "tokenizer.json")
-    if config.model_source == "builtin":
-        model = build_model(config, vocab_size=tokenizer.vocab_size)
-    else:
-        model = load_exported_model(str(folder / MODEL_SOURCE_DIR),
-                                    vocab_size=tokenizer.vocab_size, verbose=False)
-    with safe_open(str(folder / WEIGHTS), framework="pt", device="cpu") as weights:
-        aliases = json.loads((weights.metadata() or {}).get("aliases", "{}"))
-        tensors = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118
-    for alias, original in aliases.items():
-        tensors[alias] = tensors[original]
+    hf = read_config(folder / "config.json") if builtin else {}
     try:
-        model.load_state_dict(tensors, strict=True)
+        if "model_type" in hf:
+            model = load_gpt2_folder(folder, hf)
+            if model.vocab_size != tokenizer.vocab_size:
+                raise GPT2ConversionError(f"its vocabulary is {model.vocab_size} tokens, its "
+                                          f"tokenizer's {tokenizer.vocab_size}")
+        else:
+            tensors = load_weights(folder / WEIGHTS)
+            if builtin:  # the older layout: config.json is the TrainingConfig, weights our names
+                model = target = build_model(config, vocab_size=tokenizer.vocab_size)
+            else:
+                model = load_exported_model(str(source), vocab_size=tokenizer.vocab_size,
+                                            trust=trust, require_trust=True, verbose=False)
+                # Weights named "inner.*" are the older layout; now they are model.py's own names.
+                prefixed = any(k.startswith("inner.") for k in tensors)
+                target = model if prefixed else model.inner
+            target.load_state_dict(tensors, strict=True)
+    except GPT2ConversionError as exc:
+        raise ExportError(f"{folder} cannot be loaded as the built-in GPT: {exc}") from exc
     except RuntimeError as exc:
         detail = "; ".join(str(exc).splitlines()[1:3]).strip()
-        raise ExportError(f"The weights in {folder / WEIGHTS} do not fit the model that "
+        raise ExportError(f"The weights in {folder / WEIGHTS} do not fit the model its "
                           f"config.json describes ({detail}); export the bundle again.") from exc
     return model.to(device).eval(), tokenizer, config
 
@@ -341,11 +436,11 @@ def _dashboard(name: str, workspace: Workspace, config: TrainingConfig, db: Any)
     """The run's dashboard PNG, drawn from its metrics CSV (or the DB) when it is missing."""
     from .dashboard import TrainingDashboard
 
-    path = workspace.results / f"{name}_dashboard.png"
+    path = workspace.result(name, "dashboard")
     if path.is_file():
         return
-    metrics = workspace.results / f"{name}_metrics.csv"
-    batches = workspace.results / f"{name}_batches.csv"
+    metrics = workspace.result(name, "metrics")
+    batches = workspace.result(name, "batches")
     if metrics.is_file():
         history = pd.read_csv(batches) if batches.is_file() else None
         board = TrainingDashboard(pd.read_csv(metrics), history, run_name=name,
@@ -359,17 +454,18 @@ def _dashboard(name: str, workspace: Workspace, config: TrainingConfig, db: Any)
     board.save(path)
 
 
-def export_archive(run: Any, workspace: Workspace | None = None, db: Any = None) -> Path:
+def export_archive(run: Any, workspace: Workspace | None = None, db: Any = None, *,
+                   trust: bool = False) -> Path:
     """``results/archives/<run>.zip``: bundle, dashboard, metrics CSVs and config, atomically."""
     name, workspace, _ = _run_and_workspace(run, workspace)
-    bundle = export_bundle(run, workspace, db)
-    config = TrainingConfig.load(bundle / "config.json")
+    bundle = export_bundle(run, workspace, db, trust=trust)
+    config = _bundle_training_config(bundle)
     members = [(f, f"{name}/bundle/{f.name}") for f in _files(bundle)
                if f.parent == bundle] + [(f, f"{name}/bundle/{MODEL_SOURCE_DIR}/{f.name}")
                                          for f in _files(bundle / MODEL_SOURCE_DIR)]
     _dashboard(name, workspace, config, db)
-    extras = [workspace.results / f"{name}{suffix}" for suffix in RESULT_SUFFIXES]
-    extras.append(workspace.configs / f"{name}.json")
+    extras = [workspace.result(name, kind) for kind in ARCHIVED_RESULTS]
+    extras.append(workspace.config_file(name))
     members += [(f, f"{name}/{f.name}") for f in extras if f.is_file()]
 
     def write(tmp: Path) -> None:
@@ -377,7 +473,7 @@ def export_archive(run: Any, workspace: Workspace | None = None, db: Any = None)
             for file, arcname in members:
                 archive.write(file, arcname)
 
-    path = workspace.atomic_write(workspace.results / ARCHIVES / f"{name}.zip", write)
+    path = workspace.atomic_write(workspace.archive(name), write)
     _log_artifact(db, name, "archive", path)
     return path
 
@@ -452,7 +548,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             return 0
         print(table.to_string(index=False))
         if args.compare:
-            print("\n" + run_comparison_table(db, last=args.last).to_string(index=False))
+            compared = run_comparison_table(db, last=args.last)
+            print("\n" + compared.to_string(index=False))
+            if compared.attrs.get("caveat"):
+                print(f"Caution: {compared.attrs['caveat']}")
     return 0
 
 
@@ -460,11 +559,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     workspace = Workspace.setup(args.workspace)
     try:
         with _open_db(workspace) as db:
-            archive = export_archive(args.run, workspace, db)  # writes the bundle first
-    except ExportError as exc:
+            archive = export_archive(args.run, workspace, db, trust=args.trust)  # bundle first
+    except (ExportError, UnsafeNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bundle = workspace.results / BUNDLES / args.run
+    bundle = workspace.bundle_dir(args.run)
     print(f"Bundle:  {bundle}\nArchive: {archive} ({human_size(archive.stat().st_size)})")
     return 0
 
@@ -486,5 +585,7 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="write a run's model bundle and zip archive")
     p.add_argument("run", metavar="RUN", help="the run name")
     p.add_argument("--workspace", metavar="DIR", help="workspace folder")
+    p.add_argument("--trust", action="store_true",
+                   help="a Gist model's run: let its model.py run once to write the README")
     p.set_defaults(func=_cmd_export)
     return p

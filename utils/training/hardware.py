@@ -1,17 +1,32 @@
-"""What this runtime can do: device, mixed precision, peak FLOP/s for MFU.
+"""What this runtime can do: device, mixed precision, memory, peak FLOP/s for MFU.
 
 Colab hands out a T4 one day, an A100 the next, and sometimes no GPU at all. The choice of
 precision is made here, once, from the hardware, and printed with its reason so that nobody has
-to guess why a run is slow or why it uses a grad scaler.
+to guess why a run is slow or why it uses a grad scaler. And what cannot work on this machine
+(fp16 without a GPU, a model or synthetic data bigger than memory) is refused here, through
+``TrainingConfig.validate(machine)``, before any data is loaded or any memory allocated.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .training_config import PRECISIONS
+from .training_config import PRECISIONS, ConfigError, TrainingConfig
+
+# What training takes per parameter: fp32 weights (4 bytes), their gradients (4) and AdamW's two
+# moments (8). Autocast keeps no second copy of the weights, so this holds for bf16/fp16 too.
+TRAIN_BYTES_PER_PARAMETER = 16
+# Peak RAM per synthetic token while the chain is sampled (Python lists of draws) and then
+# tokenized: about 73 bytes measured at 3M tokens. Rounded down, like every estimate here.
+SYNTHETIC_BYTES_PER_TOKEN = 64
+_VOCAB_PAD = 64  # models.gpt.VOCAB_PAD_MULTIPLE: embedding rows are padded to a multiple of it
+_MODEL_FIELDS = ("model_source", "n_layers", "n_heads", "d_model", "d_ff", "block_size",
+                 "batch_size", "grad_accum_steps", "vocab_size", "precision", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,7 @@ def choose_precision(
 ) -> Precision:
     """Pick the autocast dtype. ``capability``/``cpu_bf16`` override detection (for tests)."""
     if requested not in PRECISIONS:
-        raise ValueError(f"precision={requested!r}: choose one of {', '.join(PRECISIONS)}.")
+        raise ConfigError(f"precision = {requested!r}: choose one of {', '.join(PRECISIONS)}.")
     if device.type == "cuda":
         major, minor = capability or torch.cuda.get_device_capability(device)
         cc = f"compute capability {major}.{minor}"
@@ -77,10 +92,10 @@ def choose_precision(
         return Precision("fp32", None, False, "requested; TF32 matmuls where the GPU has them")
     # CPU
     native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
-    if requested == "fp16":
-        raise ValueError(
-            "precision='fp16' needs a CUDA GPU: on a CPU fp16 matmuls are emulated and about "
-            "100x slower. Use precision='auto' (bf16 where the CPU supports it) or 'fp32'."
+    if requested == "fp16":  # a ConfigError (a ValueError): the CLI shows it without a traceback
+        raise ConfigError(
+            "precision = 'fp16': needs a CUDA GPU: on a CPU fp16 matmuls are emulated and about "
+            "100x slower. Use precision='auto' (bf16 where the CPU supports it), 'bf16' or 'fp32'."
         )
     if requested == "bf16" or (requested == "auto" and native):
         why = "CPU has native bf16" if native else "requested; this CPU emulates bf16 (slow)"
@@ -126,3 +141,174 @@ def configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _size(n: float) -> str:
+    """Bytes in the unit people read: 6.55 TiB, 13.2 GiB, 312.0 MiB."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):,.2f} {unit}" if shift == 40 else f"{n / (1 << shift):.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _round_down(n: int) -> int:
+    """Two significant digits, rounded down: a figure a person can type into a form."""
+    scale = 10 ** max(0, len(str(n)) - 2)
+    return n // scale * scale
+
+
+def _vocab_guess(config: TrainingConfig) -> int:
+    """The vocabulary the model will get, as far as the config tells before the data is read."""
+    if config.data_source == "synthetic" or config.tokenizer == "bpe":
+        return config.vocab_size
+    if config.tokenizer == "byte":
+        return 257
+    return 256 if config.tokenizer == "char" else 0  # a tokenizer.json: unknown until read
+
+
+def estimate_parameters(config: TrainingConfig, vocab_size: int | None = None) -> int | None:
+    """Parameters of the built-in GPT the config describes (None for an exported model, whose
+    shape lives in its own config.json)."""
+    if config.model_source != "builtin":
+        return None
+    d, ff, layers = config.d_model, config.effective_d_ff, config.n_layers
+    vocab = _vocab_guess(config) if vocab_size is None else vocab_size
+    padded = -(-vocab // _VOCAB_PAD) * _VOCAB_PAD
+    # Per block: qkv and proj (4 d^2), the MLP (2 d d_ff), two norms. Then the embeddings (the
+    # head is tied to them), the positions and the final norm.
+    return layers * (4 * d * d + 2 * d * ff + 2 * d) + padded * d + config.block_size * d + d
+
+
+def estimate_training_bytes(config: TrainingConfig, vocab_size: int | None = None
+                            ) -> tuple[int, int] | None:
+    """(weights + gradients + AdamW state, activations of one micro-batch), in bytes.
+
+    Rough on purpose, and low rather than high: it is there to refuse what cannot fit at all (a
+    d_model of a million) before anything is allocated, never to turn away a run that fits."""
+    params = estimate_parameters(config, vocab_size)
+    if params is None:
+        return None
+    vocab = _vocab_guess(config) if vocab_size is None else vocab_size
+    tokens = config.batch_size * config.block_size
+    width = 4 if config.precision == "fp32" else 2
+    # Saved for the backward pass, per layer and token: about 9 d + 2 d_ff values (Korthikanti
+    # et al. 2022, with memory-efficient attention); then the fp32 logits and their gradient.
+    per_layer = tokens * (9 * config.d_model + 2 * config.effective_d_ff) * width
+    logits = tokens * -(-vocab // _VOCAB_PAD) * _VOCAB_PAD * 8
+    return params * TRAIN_BYTES_PER_PARAMETER, config.n_layers * per_layer + logits
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM free for this process now: psutil, else /proc/meminfo, else sysconf."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, AttributeError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run must fit into. ``TrainingConfig.validate(machine)`` asks it for
+    :meth:`problems`; :func:`detect_machine` describes the machine at hand."""
+
+    cuda: bool  # a CUDA GPU will train the model
+    name: str = "this machine"
+    model_memory: int | None = None  # bytes for weights, optimizer state and activations
+    data_memory: int | None = None  # bytes of RAM free for the data
+    model_memory_note: str = "of RAM available"  # how model_memory was measured
+
+    def problems(self, config: TrainingConfig, usable: Callable[..., bool]
+                 ) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if usable("precision") and config.precision == "fp16" and not self.cuda:
+            out.append(("precision", f"needs a CUDA GPU, and {self.name} has none (a CPU "
+                        "emulates fp16, about 100x slower); use 'bf16' or 'fp32', or 'auto' to "
+                        "let the hardware choose"))
+        if self.model_memory and usable(*_MODEL_FIELDS):
+            out += self._model_problems(config)
+        if self.data_memory and config.data_source == "synthetic" and usable("synthetic_tokens"):
+            need = config.synthetic_tokens * SYNTHETIC_BYTES_PER_TOKEN
+            if need > self.data_memory:
+                most = _round_down(self.data_memory // SYNTHETIC_BYTES_PER_TOKEN)
+                out.append(("synthetic_tokens", f"sampling that many needs about {_size(need)} "
+                            f"of RAM (at least {SYNTHETIC_BYTES_PER_TOKEN} bytes a token), but "
+                            f"{self.name} has {_size(self.data_memory)} available; use at most "
+                            f"{most:,}"))
+        return out
+
+    def _fits(self, config: TrainingConfig) -> bool:
+        return sum(estimate_training_bytes(config) or (0, 0)) <= (self.model_memory or 0)
+
+    def _model_problems(self, config: TrainingConfig) -> list[tuple[str, str]]:
+        """Which field to blame, the figure, and what would fit instead."""
+        estimate = estimate_training_bytes(config)
+        limit = self.model_memory or 0
+        if estimate is None or sum(estimate) <= limit:
+            return []
+        weights, activations = estimate
+        params = estimate_parameters(config) or 0
+        figure = (f"training it needs about {_size(weights + activations)} ({params:,} "
+                  f"parameters at {TRAIN_BYTES_PER_PARAMETER} bytes each for weights, gradients "
+                  f"and AdamW state, plus {_size(activations)} of activations for batch_size "
+                  f"{config.batch_size} x block_size {config.block_size}), but {self.name} has "
+                  f"{_size(limit)} {self.model_memory_note}")
+        if weights <= limit:  # the model fits; one micro-batch's activations do not
+            smaller = next((b for b in range(config.batch_size - 1, 0, -1)
+                            if self._fits(config.replace(batch_size=b))), None)
+            if smaller is not None:
+                accum = -(-config.batch_size * config.grad_accum_steps // smaller)
+                return [("batch_size", f"{figure}; batch_size = {smaller} with grad_accum_steps "
+                         f"= {accum} fits and keeps about the same tokens per step")]
+        best = self._largest_d_model(config)
+        hint = (f"d_model = {best} would fit (or fewer n_layers, or a smaller batch_size)" if best
+                else "even the smallest d_model does not fit: lower n_layers, block_size or "
+                "batch_size")
+        return [("d_model", f"{figure}; {hint}")]
+
+    def _largest_d_model(self, config: TrainingConfig) -> int | None:
+        """The largest d_model below the config's (a multiple of n_heads; d_ff follows it when
+        it is 0, the default) that fits, by bisection."""
+        step = config.n_heads
+        lo, hi = 1, config.d_model // step - 1
+        if hi < 1 or not self._fits(config.replace(d_model=step)):
+            return None
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._fits(config.replace(d_model=mid * step)) else (lo, mid - 1)
+        return lo * step
+
+
+def detect_machine(device: str | torch.device | None = None) -> Machine:
+    """The machine at hand: the device a Trainer would pick (or ``device``) and its memory.
+
+    A GPU is judged by its total memory (no run can use more, whatever else holds some now);
+    the CPU by the RAM available now, since the data and the model share it."""
+    device = choose_device(str(device) if device is not None else None)
+    ram = available_ram()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return Machine(True, f"the GPU ({props.name})", int(props.total_memory), ram,
+                       "of memory in all")
+    return Machine(False, "this machine", ram, ram)
+
+
+def validate_for_hardware(config: TrainingConfig, device: str | torch.device | None = None,
+                          machine: Machine | None = None) -> TrainingConfig:
+    """``config.validate()`` plus what this machine cannot do, in one ConfigError listing
+    every problem; call it before loading data (``pipeline.prepare`` does)."""
+    return config.validate(machine if machine is not None else detect_machine(device))

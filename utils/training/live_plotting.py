@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, NullFormatter
 
 from . import metric_names as M
 from .callbacks import Callback
-from .workspace import atomic_write
+from .workspace import RESULT_SUFFIXES, atomic_write, check_name
 
 # Line colours (seaborn's "deep" palette, written out so this module needs no seaborn import).
 BLUE, ORANGE, GREEN, RED, PURPLE, GREY = (
@@ -127,11 +127,35 @@ def column_values(frame: pd.DataFrame | None, name: str) -> np.ndarray | None:
     return values if np.isfinite(values).any() else None
 
 
+class PerplexityLocator(Locator):
+    """Ticks for a log-scaled perplexity axis that always label a few values.
+
+    1-2-5 ticks per decade suit a wide range (a run from 8000 down to 30), but a narrow one
+    (9 to 17, a common late-training view) would hold a single tick; there, evenly spaced
+    round numbers (10, 12, 14, 16) are placed instead. Decided at draw time from the current
+    view, so a live plot whose range grows or shrinks keeps readable ticks.
+    """
+
+    MIN_TICKS = 3
+
+    def __call__(self) -> Any:
+        vmin, vmax = self.axis.get_view_interval()
+        return self.tick_values(vmin, vmax)
+
+    def tick_values(self, vmin: float, vmax: float) -> Any:
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        decades = LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(vmin, vmax)
+        if vmin <= 0 or sum(vmin <= t <= vmax for t in decades) >= self.MIN_TICKS:
+            return decades
+        even = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+        return even[even > 0]
+
+
 def perplexity_axis(ax: Any) -> None:
-    """Log scale with 1-2-5 ticks and plain labels ("50", not "5x10^1"): perplexities of 5-8 are
-    common and plain decades would leave them unlabelled."""
+    """Log scale with readable ticks (see :class:`PerplexityLocator`) and plain labels ("50",
+    not "5x10^1")."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(PerplexityLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -181,7 +205,8 @@ class LivePlotter(Callback):
 
     ``live``: None draws only inside a notebook; True draws even outside one (the benchmark uses
     it to measure the notebook's cost; the picture is rendered and thrown away); False never draws
-    live. Either way ``on_train_end`` saves ``<results_dir>/<run_name>_live.png``.
+    live. Either way ``on_train_end`` saves the PNG: at ``path`` when given (a session passes
+    ``workspace.result(run, "live")``), else at ``<results_dir>/<run_name>_live.png``.
     """
 
     def __init__(
@@ -196,6 +221,7 @@ class LivePlotter(Callback):
         dpi: int = 80,
         figsize: tuple[float, float] = (12.0, 4.2),
         max_share: float = 0.005,
+        path: str | Path | None = None,
     ) -> None:
         problems = []
         if not (isinstance(every_seconds, (int, float)) and every_seconds >= 0):
@@ -210,6 +236,9 @@ class LivePlotter(Callback):
             raise PlotError("LivePlotter: " + "; ".join(problems))
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.run_name = run_name
+        self.path = Path(path) if path is not None else None
+        if self.path is None and self.results_dir is not None:
+            check_name(run_name)  # it names the PNG: refused now, not after training
         self.every_seconds = float(every_seconds)
         self.max_points = max_points
         self.smoothing = float(smoothing)
@@ -254,7 +283,7 @@ class LivePlotter(Callback):
         if self._drawing():
             self._next_layout = -math.inf  # the last picture gets a fresh layout, whatever it costs
             self.redraw(layout=True)
-        if self.results_dir is not None:
+        if self.path is not None or self.results_dir is not None:
             self.save()
 
     def state_dict(self) -> dict[str, Any]:
@@ -329,11 +358,15 @@ class LivePlotter(Callback):
         return fig
 
     def save(self, path: str | Path | None = None, dpi: int = 150) -> Path:
-        """Write the current plot as PNG; default ``<results_dir>/<run_name>_live.png``."""
+        """Write the current plot as PNG; default the plotter's ``path``, else
+        ``<results_dir>/<run_name>_live.png``."""
+        if path is None:
+            path = self.path
         if path is None:
             if self.results_dir is None:
-                raise PlotError("LivePlotter.save(): give a path, or create the plotter with results_dir=...")
-            path = self.results_dir / f"{self.run_name}_live.png"
+                raise PlotError("LivePlotter.save(): give a path, or create the plotter with "
+                                "path=... or results_dir=...")
+            path = self.results_dir / f"{check_name(self.run_name)}{RESULT_SUFFIXES['live']}"
         fig = self.figure()
         _fit_layout(fig)
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))

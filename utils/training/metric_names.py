@@ -1,7 +1,8 @@
-"""Metric names, defined once.
+"""Metric names and run statuses, defined once.
 
 The trainer emits them, the tracker stores them, W&B and the dashboard read them: a typo in
-one place would silently produce an empty panel, so every consumer imports these constants.
+one place would silently produce an empty panel (or a run no filter finds), so every consumer
+imports these constants.
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ GPU_COLUMNS = (
 
 # One row of ``MetricsTracker.batch_history()``.
 BATCH_COLUMNS = (STEP, EPOCH, BATCH_LOSS, LEARNING_RATE, GRAD_NORM, TOKENS)
+
+# Run statuses: the experiment database's ``runs.status`` (and ``python -m utils.training runs``).
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+EARLY_STOPPED = "early_stopped"
+STOPPED = "stopped"  # a budget (steps, tokens, time) ended the run
+PRUNED = "pruned"  # a search trial the pruner stopped
+DIVERGED = "diverged"
+INTERRUPTED = "interrupted"  # stopped by a person, or its process is gone
+STATUSES = (RUNNING, COMPLETED, FAILED, EARLY_STOPPED, STOPPED, PRUNED, DIVERGED, INTERRUPTED)
+# Statuses of a run that ended without its result: W&B marks these runs failed.
+FAILED_STATUSES = (FAILED, DIVERGED, INTERRUPTED)
 
 # exp(loss) overflows a float64 at loss ~709; long before that a perplexity is meaningless.
 MAX_LOG_PERPLEXITY = 50.0

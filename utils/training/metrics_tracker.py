@@ -31,7 +31,7 @@ import pandas as pd
 from . import gpu
 from . import metric_names as M
 from .callbacks import Callback
-from .workspace import atomic_write
+from .workspace import RESULT_SUFFIXES, atomic_write, check_name
 
 # A checkpoint keeps at most this many batch rows (evenly thinned beyond it): the database has
 # them all, and a plot of 50k points looks the same as one of a million.
@@ -44,9 +44,8 @@ _WALL_TIME = "wall_time"
 _BATCH_FIELDS = (*M.BATCH_COLUMNS, _WALL_TIME)
 _INT_COLUMNS = (M.STEP, M.EPOCH, M.TOKENS)
 # TrainingResult.status -> the run status stored in the database.
-_STATUS = {"completed": "completed", "early_stopped": "early_stopped", "stopped": "stopped",
-           "already_finished": "completed"}
-_FAILED = ("failed", "diverged", "interrupted")
+_STATUS = {M.COMPLETED: M.COMPLETED, M.EARLY_STOPPED: M.EARLY_STOPPED, M.STOPPED: M.STOPPED,
+           "already_finished": M.COMPLETED}
 
 
 class TrackingError(ValueError):
@@ -113,9 +112,10 @@ class MetricsTracker(Callback):
             self.device_index = index
         step = int(getattr(trainer, "global_step", 0) or 0)
         trim = getattr(self.db, "delete_metrics_after", None)
-        if step > 0 and callable(trim):
-            # Resumed: rows written after the checkpoint (before the crash) are about to be
-            # recomputed; drop them so the database holds each step once.
+        if callable(trim) and (step > 0 or self.run_id is not None):
+            # Rows of this run after the step training starts from (written after the last
+            # checkpoint, or by an attempt killed before its first one, whose row start_run
+            # took over) are about to be recomputed: drop them so each step is stored once.
             trim(self._db_run_id(), step)
         self._wandb()
 
@@ -131,7 +131,7 @@ class MetricsTracker(Callback):
         self._sync()  # the Drive copy of the database is at most one epoch behind
 
     def on_train_end(self, trainer: Any, result: Any) -> None:
-        status = str(getattr(result, "status", "completed"))
+        status = str(getattr(result, "status", M.COMPLETED))
         self.finish(_STATUS.get(status, status), self.final_summary(result))
 
     # ------------------------------------------------------------------ logging
@@ -214,16 +214,16 @@ class MetricsTracker(Callback):
         the same W&B run, replaces the finished one."""
         self._finished = False
         if self.db is not None and self.run_id is not None:
-            self.db.set_status(self.run_id, "running")
+            self.db.set_status(self.run_id, M.RUNNING)
         self.wandb_run = wandb_run
         self._wandb_attached = False
 
-    def abort(self, status: str = "failed") -> None:
+    def abort(self, status: str = M.FAILED) -> None:
         """Close the runs of a training that ended with an exception (which skips
         ``on_train_end``): status "failed", "interrupted" or "diverged"; pending rows are kept."""
         self.finish(status, self.final_summary())
 
-    def finish(self, status: str = "completed", summary: Mapping[str, Any] | None = None) -> None:
+    def finish(self, status: str = M.COMPLETED, summary: Mapping[str, Any] | None = None) -> None:
         """Flush, then close the DB run and the W&B run; a second call does nothing."""
         if self._finished:
             return
@@ -236,7 +236,7 @@ class MetricsTracker(Callback):
         run = self._wandb()
         if run is not None:
             run.summary.update({**summary, "status": status})
-            run.finish(exit_code=1 if status in _FAILED else 0)  # W&B marks the run failed
+            run.finish(exit_code=1 if status in M.FAILED_STATUSES else 0)  # W&B marks the run failed
             if getattr(run, "offline", False):
                 sync_dir = run.settings.sync_dir
                 print(f"W&B: this run was logged offline; to upload it: wandb sync {sync_dir}")
@@ -304,11 +304,14 @@ class MetricsTracker(Callback):
 
     def save_csv(self, results_dir: str | Path, run_name: str,
                  staging: str | Path | None = None) -> Path:
-        """``<results_dir>/<run_name>_metrics.csv`` (returned) and ``<run_name>_batches.csv``."""
+        """``<results_dir>/<run_name>_metrics.csv`` (returned) and ``<run_name>_batches.csv``
+        (the names ``Workspace.result`` gives them); a run name that would leave
+        ``results_dir`` is refused (UnsafeNameError, a ValueError)."""
         results = Path(results_dir)
-        path = self.to_csv(results / f"{run_name}_metrics.csv", staging)
+        name = check_name(run_name)
+        path = self.to_csv(results / f"{name}{RESULT_SUFFIXES['metrics']}", staging)
         batches = self.batch_history()
-        atomic_write(results / f"{run_name}_batches.csv",
+        atomic_write(results / f"{name}{RESULT_SUFFIXES['batches']}",
                      lambda tmp: batches.to_csv(tmp, index=False), staging)
         return path
 

@@ -39,35 +39,67 @@ def show(obj: Any) -> None:
 
 class DataChoice:
     """The data source picked in the first data cell; the later cells each ``use`` their source
-    and only the chosen one does any work, so *Run all* runs every cell without surprises."""
+    and only the chosen one does any work, so *Run all* runs every cell without surprises.
 
-    def __init__(self, source: str, max_samples: int = 0) -> None:
+    ``max_samples`` and ``text_column`` are chosen beside the source because every source uses
+    them: a CSV from Drive or an upload has columns just as a Hub dataset has."""
+
+    def __init__(self, source: str, max_samples: int = 0, text_column: str = "") -> None:
         from .training_config import DATA_SOURCES
 
         if source not in DATA_SOURCES:
             raise ConfigError([f"data_source = {source!r}: choose one of {', '.join(DATA_SOURCES)}"])
         self.source = source
-        self.settings: dict[str, Any] = {"data_source": source, "max_samples": max_samples}
+        self.settings: dict[str, Any] = {"data_source": source, "max_samples": max_samples,
+                                         "text_column": str(text_column).strip()}
 
-    def use(self, source: str, workspace: Any = None, preview: bool = True, **settings: Any) -> None:
+    def use(self, source: str, workspace: Any = None, preview: bool = True, *,
+            ask_again: bool = False, **settings: Any) -> None:
+        """``ask_again`` (the upload cell's upload_new): open the upload dialog even though an
+        earlier upload is kept."""
         if source != self.source:
             print(f"Skipped: data_source is {self.source!r}.")
             return
         self.settings.update(settings)
+        if source == "upload":
+            from .data.sources import find_upload
+
+            # Resolved once, here: the later cells (estimate, training, search) then read this
+            # file instead of each looking for "the newest upload" again.
+            kept = find_upload(workspace, str(self.settings.get("data_path", "")),
+                               ask_again=ask_again, field="upload_path")
+            self.settings["data_path"] = str(kept)
         if preview:
             self.preview(workspace)
 
     def preview(self, workspace: Any = None, rows: int = 3) -> None:
         """Load the text now so a wrong path or column fails here, next to its form."""
-        from .data import load_text_data
+        from .data.sources import read_source, resolve_source
 
         config = TrainingConfig().replace(**self.settings)
-        texts = load_text_data(config, workspace)
+        source = resolve_source(config, workspace)
+        if source.kind == "cache":
+            self._use_cache(source.files[0])
+            return
+        texts = read_source(source, config)
         sizes = ", ".join(f"{split}: {len(ds):,} rows" for split, ds in texts.items())
-        print(f"Data source {self.source!r}: {sizes}")
+        print(f"Data source {self.source!r}, {source.describe()}: {sizes}")
         for text in texts["train"][:rows]["text"]:
             snippet = " ".join(str(text).split())[:100]
             print(f"  | {snippet}")
+
+    def _use_cache(self, folder: Any) -> None:
+        """Cached tokens bring their tokenizer: the config takes its kind and vocab_size (over
+        the form's) so what is saved and logged is what trains."""
+        from .data.cache import made_with, read_cache
+
+        cached = read_cache(folder)
+        fixed = made_with(cached)
+        self.settings.update(fixed)
+        print(f"Data source {self.source!r}: cached tokens at {cached.path}: "
+              f"{cached.train.size:,} train / {cached.val.size:,} validation tokens, made with "
+              f"tokenizer {fixed['tokenizer']!r} (vocab_size {fixed['vocab_size']:,}); the run "
+              "uses that tokenizer, whatever cell 3.1 says.")
 
 
 # ---------------------------------------------------------------------- configuration cells
@@ -117,10 +149,14 @@ def show_run_comparison(db: Any, last: int = 5) -> None:
     if runs.empty:
         print("No runs to compare yet.")
         return
-    show(run_comparison_table(db, last=last))
+    table = run_comparison_table(db, last=last)
+    caveat = table.attrs.get("caveat")  # runs with different tokenizers
+    if caveat:
+        print(f"Caution: {caveat}")
+    show(table)
     ids = list(runs["id"])[::-1]
     if len(ids) > 1:
-        show(plot_run_comparison(db.compare_runs(ids)))
+        show(plot_run_comparison(db.compare_runs(ids), caveat=caveat))
 
 
 def show_search_results(search: Any, *, train_best: bool = False, workspace: Any = None,
@@ -160,17 +196,70 @@ def set_params(source: str, values: Mapping[str, Any]) -> tuple[str, set[str]]:
     return "\n".join(lines), used
 
 
-def _echo_cell(cell: Any, cell_index: int, execute_reply: Any = None) -> None:
-    if cell.cell_type != "code":
-        return
-    title = cell.source.splitlines()[0].removeprefix("# @title ").split(" {")[0]
-    print(f"[{title}]", flush=True)
-    for out in cell.get("outputs", []):
-        if out.output_type == "stream" and out.name == "stdout":
-            for line in out.text.rstrip().splitlines():
-                print(f"    {line}", flush=True)
-        elif out.output_type == "error":
-            print(f"    {out.ename}: {out.evalue}", flush=True)
+class _Echo:
+    """Prints a running notebook to a terminal as the kernel sends it: each code cell's title
+    when the cell starts, then its printed lines (stdout and stderr) and errors as they arrive.
+
+    Printing the title first also puts anything the kernel's child processes write straight to
+    the terminal (W&B's service does) under the cell that was running, not the one before it.
+    """
+
+    def __init__(self) -> None:
+        self.partial: dict[str, str] = {}  # stream name -> text after its last newline
+
+    def start(self, cell: Any, cell_index: int, **_: Any) -> None:
+        self.flush()
+        if cell.cell_type != "code":
+            return
+        first = cell.source.strip().splitlines()[0] if cell.source.strip() else f"cell {cell_index}"
+        print(f"[{first.removeprefix('# @title ').split(' {')[0]}]", flush=True)
+
+    def message(self, msg: Mapping[str, Any]) -> None:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            name = content.get("name", "stdout")
+            text = self.partial.pop(name, "") + content.get("text", "")
+            *lines, rest = text.split("\n")
+            for line in lines:
+                self._line(line)
+            if rest:
+                self.partial[name] = rest
+        elif kind == "error":
+            self.flush()
+            print(f"    {content.get('ename')}: {content.get('evalue')}", flush=True)
+
+    def flush(self, **_: Any) -> None:
+        for rest in self.partial.values():
+            self._line(rest)
+        self.partial.clear()
+
+    @staticmethod
+    def _line(line: str) -> None:
+        # A carriage return redraws the line (a text progress bar): show what it ended as.
+        shown = line.rsplit("\r", 1)[-1].rstrip()
+        print(f"    {shown}", flush=True)
+
+
+def _client(nb: Any, echo: bool, **kwargs: Any) -> Any:
+    """nbclient's NotebookClient; with ``echo``, one that prints each output message the moment
+    it arrives (its ``output`` handler runs once per message), not when the cell ends."""
+    from nbclient import NotebookClient
+
+    if not echo:
+        return NotebookClient(nb, **kwargs)
+    printer = _Echo()
+
+    class EchoingClient(NotebookClient):
+        def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None,
+                   cell_index: int) -> Any:
+            out = super().output(outs, msg, display_id, cell_index)
+            printer.message(msg)
+            return out
+
+    # on_cell_executed runs once the cell's last output is in (on_cell_complete, despite its
+    # name, runs as soon as the code is sent).
+    return EchoingClient(nb, on_cell_start=printer.start, on_cell_executed=printer.flush,
+                         **kwargs)
 
 
 def _coerce(name: str, value: Any, old: Any) -> Any:
@@ -214,9 +303,9 @@ def run_notebook(
     echo: bool = False,
 ) -> Path:
     """Execute the notebook top to bottom with a real kernel and save the executed copy.
-    ``echo`` prints each cell's title and printed output as it finishes (for terminals)."""
+    ``echo`` prints each cell's title when it starts and its printed output as it arrives
+    (for terminals: a 14-minute training cell shows its epochs as they finish)."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     notebook = Path(notebook)
@@ -232,9 +321,8 @@ def run_notebook(
         raise ConfigError([f"{name}: no form field of that name in {notebook.name}"
                            for name in sorted(unknown)], header="Bad --set value")
     output = Path(output) if output else notebook.with_name(notebook.stem + ".executed.ipynb")
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or notebook.parent)}},
-                            on_cell_executed=_echo_cell if echo else None)
+    client = _client(nb, echo, timeout=timeout, kernel_name="python3",
+                     resources={"metadata": {"path": str(cwd or notebook.parent)}})
     started = time.monotonic()
     try:
         client.execute()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import math
 import shutil
 import sqlite3
@@ -29,7 +30,7 @@ import torch
 
 from . import metric_names as M
 from .callbacks import Callback
-from .search_result import FINISHED, SEARCH_DIR, SearchResult, trial_line
+from .search_result import FINISHED, INTERRUPTED, SEARCH_DIR, SearchResult, trial_line
 from .search_space import (
     Param,
     SearchError,
@@ -74,13 +75,14 @@ def _study_name(config: TrainingConfig, study_name: str | None) -> str:
 
 def study_path(workspace: Workspace, study_name: str) -> Path:
     """Where the study's file lives in the workspace (on Drive: the copy that survives)."""
-    return workspace.root / SEARCH_DIR / f"{study_name}.db"
+    return workspace.path_in(SEARCH_DIR, study_name, ".db", what="study name")
 
 
 def _live_path(workspace: Workspace, study_name: str) -> Path:
     if not workspace.on_drive:
         return study_path(workspace, study_name)
-    return Path(workspace.staging) / SEARCH_DIR / f"{study_name}.db"
+    return workspace.path_in(Path(workspace.staging) / SEARCH_DIR, study_name, ".db",
+                             what="study name")
 
 
 def _restore(workspace: Workspace, study_name: str) -> Path:
@@ -242,6 +244,31 @@ class _ReportToTrial(Callback):
             trainer.should_stop = True  # ends cleanly, so the run's files and DB row are whole
 
 
+class _Interrupted(logging.Filter):
+    """The trials stopped by Ctrl-C. Optuna logs such a trial as "failed" with a traceback, as
+    if it were a bug; as a logging filter on Optuna's optimize logger this drops those records
+    (and only those): ``run_search`` says what happened instead."""
+
+    LOGGER = "optuna.study._optimize"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trials: list[int] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed") for n in self.trials)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupted]:
+        logger = logging.getLogger(self.LOGGER)
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
+
+
 def _free_memory() -> None:
     """Trials run back to back in one process: without this, each one's model, optimizer state
     and CUDA cache pile up until a later trial runs out of GPU memory."""
@@ -251,7 +278,7 @@ def _free_memory() -> None:
 
 
 def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None, db: Any,
-               study_name: str, epochs: int, keep_checkpoints: bool):
+               study_name: str, epochs: int, keep_checkpoints: bool, interrupted: _Interrupted):
     from .session import TrainingSession  # the wiring module; imported late, it is the heaviest
 
     def objective(trial: optuna.Trial) -> float:
@@ -264,7 +291,7 @@ def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None
                                     sample_tokens=0, keep_checkpoints=1)
         trial.set_user_attr("config_changes", changes)
         trial.set_user_attr("run_name", run_name)
-        folder = workspace.checkpoints / run_name if workspace is not None else None
+        folder = workspace.run_dir(run_name, create=False) if workspace is not None else None
         if folder is not None and folder.exists():
             shutil.rmtree(folder)
         reporter = _ReportToTrial(trial)
@@ -277,6 +304,13 @@ def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None
             run_id = session.tracker.run_id
             trial.set_user_attr("run_id", run_id)
             result = session.fit()
+        except KeyboardInterrupt:
+            # Ctrl-C. Optuna cannot continue a trial, so this one ends here: Optuna records it
+            # as failed (a rerun of the search replaces it), marked as interrupted; its DB run is
+            # "interrupted". The interrupt goes on to stop the search.
+            interrupted.trials.append(trial.number)
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
         finally:
             session = None
             _free_memory()
@@ -284,7 +318,7 @@ def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None
                 shutil.rmtree(folder, ignore_errors=True)
         if reporter.pruned_at is not None:
             if db is not None and run_id is not None:
-                db.finish_run(run_id, status="pruned")  # the tracker recorded "stopped"
+                db.finish_run(run_id, status=M.PRUNED)  # the tracker recorded "stopped"
             raise optuna.TrialPruned(f"the pruner stopped it after epoch {reporter.pruned_at}")
         return float(result.best_val_loss)
 
@@ -360,7 +394,8 @@ def run_search(
     are deleted after each trial unless ``keep_trial_checkpoints``: the best config is meant to
     be trained again, and 20 trials' checkpoints would fill a Drive.
     Ctrl-C (Colab's stop button) ends the search after the current trial's step and returns
-    what was found so far; run the call again to continue.
+    what was found so far. That trial is recorded as failed ("interrupted") and is not resumed:
+    running the call again starts new trials until ``n_trials`` have finished.
     """
     config.validate()
     if not isinstance(n_trials, int) or n_trials < 1:
@@ -387,11 +422,13 @@ def run_search(
               + (f" (stops starting trials after {timeout:g}s)" if timeout and remaining > 0 else "")
               + ".\nSearching: " + "; ".join(p.describe() for p in params.values()))
     interrupted = False
+    stopped = _Interrupted()
     try:
         if remaining > 0:
             objective = _objective(config, params, workspace, db, name,
-                                   int(trial_epochs or config.epochs), keep_trial_checkpoints)
-            with _quiet_optuna():  # our one line per trial replaces Optuna's
+                                   int(trial_epochs or config.epochs), keep_trial_checkpoints,
+                                   stopped)
+            with _quiet_optuna(), stopped.installed():  # our one line per trial replaces Optuna's
                 study.optimize(
                     objective, n_trials=remaining, timeout=timeout,
                     catch=(TrainingDivergedError, torch.cuda.OutOfMemoryError),
@@ -402,9 +439,7 @@ def run_search(
             print(f"The study already has {done} finished trials; raise n_trials to add more.")
     except KeyboardInterrupt:
         interrupted = True
-        print(f"Search interrupted: {len(study.get_trials(deepcopy=False, states=FINISHED))} "
-              f"finished trials are saved. Run the same call again to continue the study.",
-              file=sys.stderr)
+        print(_interrupted_message(study, stopped.trials, n_trials, keep_trial_checkpoints))
     finally:
         _sync(workspace, name)
         if own_db:
@@ -413,6 +448,22 @@ def run_search(
     if verbose:
         print(result.summary())
     return result
+
+
+def _interrupted_message(study: optuna.Study, trials: list[int], n_trials: int,
+                         kept: bool) -> str:
+    """What Ctrl-C did to the search, and what running it again will do (nothing resumes)."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if trials:
+        files = "kept, but a new search will not use them" if kept else "deleted"
+        what = (f"Search stopped during trial {trials[-1]}: that trial is recorded as failed "
+                f"({INTERRUPTED}) and will not be continued (Optuna cannot resume a trial; its "
+                f"checkpoints were {files}).")
+    else:
+        what = "Search stopped between trials."
+    rerun = (f"Running the same call again starts new trials until {n_trials} are finished."
+             if done < n_trials else "The planned trials are all finished.")
+    return f"{what} {done} of {n_trials} trials are finished and kept. {rerun}"
 
 
 def load_search(study_name: str, workspace: Workspace) -> SearchResult:

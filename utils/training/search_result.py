@@ -18,12 +18,22 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from . import metric_names as M
 from .search_space import SearchError, apply_params
 from .training_config import TrainingConfig
 from .workspace import Workspace, atomic_write
 
 SEARCH_DIR = "search"  # <workspace>/search/<study>.db and results/search/<study>/*.png
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A trial's user attr, and how tables show that failed trial: the status its DB run gets too.
+INTERRUPTED = M.INTERRUPTED
+
+
+def state_name(trial: optuna.trial.FrozenTrial) -> str:
+    """Optuna's state, except that a trial stopped by Ctrl-C says so instead of "fail"."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(INTERRUPTED):
+        return INTERRUPTED
+    return trial.state.name.lower()
 
 
 def format_params(values: dict[str, Any]) -> str:
@@ -34,7 +44,7 @@ def format_params(values: dict[str, Any]) -> str:
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, target: int) -> str:
     """One line per finished trial: enough to follow a search without reading a table."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    state = trial.state.name.lower()
+    state = state_name(trial)
     if trial.state == TrialState.PRUNED:
         epoch = trial.user_attrs.get("pruned_at_epoch") or trial.last_step
         state = f"pruned at epoch {epoch}"
@@ -90,7 +100,7 @@ class SearchResult:
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             rows.append({
-                "number": t.number, "state": t.state.name.lower(), "value": t.value,
+                "number": t.number, "state": state_name(t), "value": t.value,
                 **t.user_attrs.get("config_changes", t.params),
                 "epochs": len(t.intermediate_values),
                 "duration_s": t.duration.total_seconds() if t.duration else math.nan,
@@ -99,7 +109,7 @@ class SearchResult:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        counts = pd.Series([t.state.name.lower() for t in self.study.trials]).value_counts()
+        counts = pd.Series([state_name(t) for t in self.study.trials]).value_counts()
         states = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
         line = f"Study {self.study_name!r}: {states}."
         try:
@@ -113,8 +123,10 @@ class SearchResult:
         return self.summary()
 
     def figures(self) -> dict[str, Any]:
-        """Optuna's matplotlib plots as {name: Figure}; the ones the study cannot draw yet are
-        left out with a printed reason. Optuna's global style change is undone afterwards."""
+        """Optuna's matplotlib plots as {name: Figure}, labelled for this search (validation
+        loss, whole epochs) instead of Optuna's generic "Objective Value" and "Step"; the ones
+        the study cannot draw yet are left out with a printed reason. Optuna's global style
+        change is undone afterwards."""
         import matplotlib
         import matplotlib.pyplot as plt
         from optuna.visualization import matplotlib as ovm
@@ -139,6 +151,7 @@ class SearchResult:
                 out["intermediate_values"] = ovm.plot_intermediate_values(self.study).figure
             else:
                 print("No trial reported a val loss yet, so no learning curves to plot.")
+        _label(out, trials)
         for figure in out.values():
             plt.close(figure)  # detached from pyplot: a notebook shows them only when asked
         return out
@@ -149,10 +162,55 @@ class SearchResult:
             if self.workspace is None:
                 raise SearchError("save_figures() needs a directory when the search had no "
                                   "workspace")
-            directory = self.workspace.results / SEARCH_DIR / self.study_name
+            directory = self.workspace.path_in(self.workspace.results / SEARCH_DIR,
+                                               self.study_name, what="study name")
         folder = Path(directory)
         saved = {}
         for name, figure in self.figures().items():
             saved[name] = atomic_write(folder / f"{name}.png", lambda tmp, f=figure: f.savefig(
                 tmp, format="png", dpi=dpi, bbox_inches="tight"))
         return saved
+
+
+def _label(figures: dict[str, Any], trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Say what Optuna's generic axes hold here: a trial's value is its best validation loss,
+    and a trial reports once per epoch, so its steps are whole epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .live_plotting import epoch_axis
+
+    if "optimization_history" in figures:
+        ax = figures["optimization_history"].axes[0]
+        ax.set_title("Validation loss of each trial (its best epoch)")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("validation loss (lower is better)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _rename_legend(ax, {"Objective Value": "trial's validation loss",
+                            "Best Value": "best so far"})
+    if "param_importances" in figures:
+        ax = figures["param_importances"].axes[0]
+        ax.set_title("", loc="left")  # Optuna's title sits there
+        ax.set_title("How much each setting mattered for validation loss")
+        ax.set_xlabel("importance for validation loss (fANOVA; the bars sum to 1)")
+        ax.set_ylabel("setting")
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()  # one series, named "Objective Value": says nothing
+    if "intermediate_values" in figures:
+        ax = figures["intermediate_values"].axes[0]
+        ax.set_title("Validation loss after each epoch, per trial")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation loss (lower is better)")
+        epoch_axis(ax, [step for t in trials for step in t.intermediate_values])
+        _rename_legend(ax, {f"Trial{t.number}": f"trial {t.number}" for t in trials})
+
+
+def _rename_legend(ax: Any, names: dict[str, str]) -> None:
+    """Rename legend entries (and their artists) in place, keeping Optuna's placement."""
+    legend = ax.get_legend()
+    if legend is None:
+        return
+    for text in legend.get_texts():
+        text.set_text(names.get(text.get_text(), text.get_text()))
+    for artist in [*ax.lines, *ax.collections, *ax.patches]:
+        if artist.get_label() in names:
+            artist.set_label(names[artist.get_label()])

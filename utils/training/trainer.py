@@ -83,10 +83,14 @@ class TrainingResult:
     best_epoch: int
     history: list[dict[str, float]]
     precision: str
+    # Seconds of training over every session of the run (evaluation excluded): the sum of the
+    # epoch durations the experiment DB holds, plus an unfinished epoch's share.
     elapsed: float
     checkpoint_dir: Path | None = None
     last_checkpoint: Path | None = None
     samples: list[str] = field(default_factory=list)
+    seconds_before: float = 0.0  # the part of ``elapsed`` trained by earlier sessions
+    wall_seconds: float = 0.0  # this fit() call by the clock, evaluation and checkpoints included
 
     @property
     def final_val_loss(self) -> float:
@@ -97,9 +101,12 @@ class TrainingResult:
         return self.history[-1][M.TRAIN_LOSS] if self.history else math.nan
 
     def __str__(self) -> str:
+        trained = f"{self.elapsed:.0f}s of training"
+        if self.seconds_before > 0:  # resumed: the total is what the DB holds; say both
+            trained += f" over all sessions, {self.elapsed - self.seconds_before:.0f}s in this one"
         return (
             f"{self.run_name}: {self.status} after {self.epochs_completed} epochs "
-            f"({self.global_step} steps, {self.elapsed:.0f}s); best val loss "
+            f"({self.global_step} steps, {trained}); best val loss "
             f"{self.best_val_loss:.4f} at epoch {self.best_epoch}"
         )
 
@@ -179,6 +186,8 @@ class Trainer:
         self._resumed_from: Path | None = None
         self._resume_checked = False
         self._fit_started = False
+        self._finished_said = False  # resume() already told the user there is nothing to train
+        self._seconds_at_start = 0.0  # training seconds the run had when this fit() began
 
     # ------------------------------------------------------------------ public API
 
@@ -190,20 +199,18 @@ class Trainer:
         if self.resume() is None and not self._fit_started:
             seed_everything(cfg.seed)
         self._fit_started = True
+        self._seconds_at_start = self._trained_seconds()
+        if self.finished:
+            # Nothing runs, so no callback hears of it: the run's DB row and W&B run stay closed.
+            if not self._finished_said:
+                self._say(self._finished_note())
+            self._finished_said = False
+            return self._result("already_finished", started)
         self._say(
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
             f"({cfg.tokens_per_step:,} tokens/step), warmup {self.warmup_steps} steps"
         )
-        if self.epoch >= cfg.epochs:
-            self._say(
-                f"Run '{cfg.run_name}' already finished {self.epoch} epochs; nothing to train. "
-                "Raise `epochs` to continue it, or choose a new run_name."
-            )
-            result = self._result("already_finished", started)
-            for callback in self.callbacks:  # so trackers close the run row they reopened
-                callback.on_train_end(self, result)
-            return result
 
         for callback in self.callbacks:
             callback.on_train_start(self)
@@ -300,7 +307,10 @@ class Trainer:
                     f"({saved}). Run it again to resume from here."
                 )
             minutes = cfg.checkpoint_every_minutes
-            if self.checkpoints and time.monotonic() - last_save >= minutes * 60:
+            # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
+            # checkpoint from just before that row would make a resume log it a second time.
+            epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
+            if self.checkpoints and not epoch_done and time.monotonic() - last_save >= minutes * 60:
                 self._save("time")
                 last_save = time.monotonic()
                 tick = time.perf_counter()  # saving is not training time
@@ -318,7 +328,11 @@ class Trainer:
             return iter(self.train_loader)
         if set_epoch is not None:
             set_epoch(self.epoch)
-        return itertools.islice(iter(self.train_loader), self.batch_in_epoch, None)
+        batches = iter(self.train_loader)
+        # Skipped here, before the epoch's clock starts: loading them again is not training.
+        for _ in itertools.islice(batches, self.batch_in_epoch):
+            pass
+        return batches
 
     def _groups(self, batches: Iterator) -> Iterator[list]:
         """Micro-batches in groups of ``grad_accum_steps``; the epoch's last group may be short."""
@@ -613,7 +627,7 @@ class Trainer:
         if cfg.resume == "never" or (cfg.resume == "auto" and self.checkpoints is None):
             return None
         if cfg.resume == "auto":
-            found = self.checkpoints.latest()
+            found = self.checkpoints.latest(set_aside=True)  # corrupt ones move to set-aside/
             if found is None:
                 self._say(f"No checkpoint for run '{cfg.run_name}' yet: starting from scratch.")
                 return None
@@ -621,13 +635,41 @@ class Trainer:
         else:
             path, state = Path(cfg.resume), load_checkpoint(cfg.resume)
         self._check_compatible(path, state)
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as exc:  # a part of the state is missing or odd
+            raise CheckpointError(
+                f"Checkpoint {path} does not hold a complete training state ({type(exc).__name__}: "
+                f"{exc}). Resume from the checkpoint before it (resume=<its path>), or start over "
+                "with a new run_name."
+            ) from exc
         self.last_checkpoint = self._resumed_from = path
+        if self.checkpoints is not None:
+            # Later checkpoints are not this run's future any more (resume pointed at an earlier
+            # one, or they cannot be read): moved aside, so retention and the next resume rank
+            # the new checkpoints first, and nothing is deleted.
+            self.checkpoints.set_aside_after(
+                self.global_step, f"this run continues from {path.name} (step {self.global_step})")
+        if self.finished:
+            self._say(self._finished_note())
+            self._finished_said = True
+            return path
         where = f"epoch {self.epoch + 1}, step {self.global_step}"
         if self.batch_in_epoch:
             where += f" ({self.batch_in_epoch}/{self.micro_batches_per_epoch} batches into the epoch)"
         self._say(f"Found a checkpoint for this run: resuming from {where} ({path.name}).")
         return path
+
+    @property
+    def finished(self) -> bool:
+        """Every planned epoch is done: ``fit`` would have nothing to train."""
+        return self.epoch >= self.config.epochs
+
+    def _finished_note(self) -> str:
+        cfg = self.config
+        return (f"Run '{cfg.run_name}' already finished its {self.epoch} "
+                f"epoch{'' if self.epoch == 1 else 's'}: nothing to train. Raise epochs to train "
+                "longer, or change run_name for a new run.")
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("config", {})
@@ -651,15 +693,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ misc
 
+    def _trained_seconds(self) -> float:
+        """Training seconds over all sessions: finished epochs plus the one in progress."""
+        return self._elapsed_before + self._epoch_acc["seconds"]
+
     def _result(self, status: str, started: float) -> TrainingResult:
         return TrainingResult(
             run_name=self.config.run_name, status=status, epochs_completed=self.epoch,
             global_step=self.global_step,
             best_val_loss=self.best_val_loss if self.history else math.nan,
             best_epoch=self.best_epoch, history=[dict(r) for r in self.history],
-            precision=self.precision.name, elapsed=time.monotonic() - started,
+            precision=self.precision.name, elapsed=self._trained_seconds(),
             checkpoint_dir=self.checkpoints.directory if self.checkpoints else None,
             last_checkpoint=self.last_checkpoint, samples=list(self.samples),
+            seconds_before=self._seconds_at_start, wall_seconds=time.monotonic() - started,
         )
 
     def _say(self, message: str) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import html
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .workspace import atomic_write
 
@@ -55,6 +56,17 @@ class ConfigError(ValueError):
     def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str], str]]:
         # survive pickling (subprocess trials) without re-wrapping the message
         return type(self), (self.problems, self.header)
+
+
+class HardwareCheck(Protocol):
+    """What :meth:`TrainingConfig.validate` asks of the machine a run will use
+    (``hardware.Machine``): this module imports no torch, so it cannot look for itself."""
+
+    def problems(self, config: TrainingConfig, usable: Callable[..., bool]
+                 ) -> list[tuple[str, str]]:
+        """(field, why-with-fix) for what this machine cannot do; ``usable(*fields)`` says
+        which fields have the right type and no problem yet, so they are safe to compute with."""
+        ...
 
 
 class _Range(NamedTuple):
@@ -167,6 +179,23 @@ def _fmt(v: Any, spec: str = "g") -> str:
     return format(v, spec) if _is_num(v) else repr(v)
 
 
+def _save_problem(target: Path, exc: OSError) -> str:
+    kept = (f"the previous {target.name} is unchanged" if target.exists()
+            else "nothing was written")
+    folder = target.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full; {kept}. Free some space on {folder} (old checkpoints, "
+                "datasets/ caches) or use another folder or workspace, then save again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{folder} is not writable ({exc.strerror}); {kept}. Use a folder you can "
+                "write to (on Drive: check that it is still mounted)")
+    # strerror, else the message itself: str() of an OSError given a filename after the fact
+    # reads "[Errno None] None: ..."
+    reason = exc.strerror or next((a for a in exc.args if isinstance(a, str)), str(exc))
+    return (f"the file could not be written ({reason}); {kept}. Check the folder {folder} and "
+            "the free space, then save again")
+
+
 @dataclass
 class TrainingConfig:
     """All settings of one training run; flat on purpose so forms, CLI and JSON map 1:1 to it."""
@@ -264,8 +293,12 @@ class TrainingConfig:
         return cls(**_PRESETS[key]).replace(**overrides)
 
     # ----------------------------------------------------------------- validation
-    def validate(self) -> TrainingConfig:
-        """Raise one ConfigError listing every problem (with its fix); return self when clean."""
+    def validate(self, machine: HardwareCheck | None = None) -> TrainingConfig:
+        """Raise one ConfigError listing every problem (with its fix); return self when clean.
+
+        With ``machine`` (``hardware.validate_for_hardware`` passes the one at hand) it also
+        lists what only the hardware decides, before any data is loaded: fp16 needs a CUDA
+        GPU, and the model and the synthetic data must fit in memory."""
         found: dict[str, list[str]] = {}
 
         def bad(name: str, why: str) -> None:
@@ -318,6 +351,9 @@ class TrainingConfig:
                 bad("synthetic_tokens", f"too few for one validation block of block_size + 1 = "
                     f"{self.block_size + 1} tokens at val_fraction = {self.val_fraction}; "
                     f"use at least {need}")
+        if machine is not None:
+            for name, why in machine.problems(self, ok):
+                bad(name, why)
         if found:
             order = self.field_names()
             raise ConfigError([p for n in sorted(found, key=order.index) for p in found[n]])
@@ -356,7 +392,11 @@ class TrainingConfig:
                                   "use 1-64 characters from A-Z a-z 0-9 . _ -")
             target = target / f"{self.run_name}.json"
         text = self.to_json() + "\n"
-        return atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        try:
+            return atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except OSError as exc:  # atomic_write has removed its temp file: nothing half-written
+            raise ConfigError(_save_problem(target, exc), f"Cannot save training config {target}"
+                              ) from exc
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingConfig:

@@ -5,20 +5,34 @@ real W&B run (online or offline) or, when tracking is off, a :class:`DisabledRun
 nothing. Callers never write ``if use_wandb:``.
 
 Where the key comes from, in order: the ``WANDB_API_KEY`` environment variable, Colab's Secrets
-(the key icon in Colab's left bar), and only when a person is at the keyboard a hidden prompt.
-No key, an empty answer, a headless run or no network all mean *offline*: the run is written to
-disk and can be uploaded later with ``wandb sync``. The key is handed to ``wandb.init`` through
-its settings, so it is never printed, never written to ``~/.netrc``, the config, the database
-or the W&B config, and never put into ``os.environ`` (where ``!env`` in a notebook would show it).
+(the key icon in Colab's left bar), ``~/.netrc`` (what ``wandb login`` writes), and only when a
+person is at the keyboard a hidden prompt. No key, an empty answer, a headless run or no network
+all mean *offline*: the run is written to disk and can be uploaded later with ``wandb sync``.
+Before going online a 3 s probe checks that the W&B server answers, so no network costs seconds,
+not W&B's retries, and W&B never reports a key "configured" for a run that then goes offline.
+
+``setup_wandb`` runs in the notebook's W&B cell: it looks for the key there (asking there, if it
+must), says whether runs will log online or offline and why, and keeps the key in memory for
+``init_wandb``, which starts the run when training starts (the run needs the experiment DB row
+and, on a resume, the W&B run id from the checkpoint, so it cannot start earlier).
+
+The key is handed to ``wandb.init`` through its settings, so it is never printed, never written
+to ``~/.netrc``, the config, the database or the W&B config, and never put into ``os.environ``
+(where ``!env`` in a notebook would show it).
 """
 
 from __future__ import annotations
 
 import getpass
+import netrc
 import os
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .workspace import in_colab
 
@@ -33,6 +47,11 @@ INIT_TIMEOUT_S = 15.0
 # on the module by name and catch only those.
 _COLAB_SECRET_ERRORS = ("SecretNotFoundError", "NotebookAccessError", "TimeoutException")
 _we_set_offline = False  # True when WANDB_MODE=offline in os.environ is our doing, not the user's
+# The key setup_wandb found (and where from), kept in memory only, so that starting the run
+# later neither asks again nor looks elsewhere. Never printed, never written.
+_remembered: tuple[str, str] | None = None
+PROBE_TIMEOUT_S = 3.0
+DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
 class DisabledRun:
@@ -118,23 +137,79 @@ def _ask_for_key() -> str:
         raise
 
 
-def find_api_key(interactive: bool | None = None) -> tuple[str | None, str]:
+def _netrc_key(base_url: str) -> str | None:
+    """The password ``wandb login`` stored for the server's host in ~/.netrc (or $NETRC)."""
+    host = urlsplit(base_url).hostname
+    path = os.environ.get("NETRC") or str(Path("~/.netrc").expanduser())
+    if not host or not Path(path).is_file():
+        return None
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (netrc.NetrcParseError, OSError):
+        return None
+    if entry is None:
+        return None
+    return (entry[2] or "").strip() or None
+
+
+def find_api_key(interactive: bool | None = None,
+                 base_url: str = DEFAULT_BASE_URL) -> tuple[str | None, str]:
     """(key, where it came from) or (None, why there is none). Never prints the key."""
     key = os.environ.get(KEY_ENV, "").strip()
     if key:
         return key, f"${KEY_ENV}"
     key, colab_problem = _colab_secret()
     if key:
-        return key, "Colab secret"
+        return key, f"the {KEY_ENV} Colab secret"
+    key = _netrc_key(base_url)
+    if key:
+        return key, "~/.netrc (wandb login)"
     if interactive is None:
         interactive = can_prompt()
     if not interactive:
-        where = colab_problem or f"no ${KEY_ENV} in the environment"
-        return None, f"{where}, and this run cannot ask for one (nobody at the keyboard)"
+        looked = [f"${KEY_ENV} is not set", colab_problem or "", "~/.netrc has none (wandb login)"]
+        return None, (f"no API key ({'; '.join(w for w in looked if w)}), and this run cannot ask "
+                      "for one (nobody at the keyboard)")
     key = _ask_for_key()
     if not key:
         return None, "no API key entered"
-    return key, "prompt"
+    return key, "the prompt"
+
+
+def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Does the W&B server answer an HTTP HEAD within ``timeout`` s (any status counts)? In a
+    daemon thread, so a slow DNS lookup, which no socket timeout covers, cannot stretch it."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                        timeout=timeout):
+                answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # an error status is still an answer
+        except (OSError, ValueError):
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered) and answered[0]
+
+
+def _base_url(wandb: Any) -> str:
+    url = os.environ.get("WANDB_BASE_URL", "").strip()
+    if not url:
+        try:
+            url = str(getattr(wandb.Settings(), "base_url", "") or "")
+        except (ValueError, TypeError):  # a malformed WANDB_* setting; wandb.init reports it
+            url = ""
+    return url.rstrip("/") or DEFAULT_BASE_URL
+
+
+def _unreachable(url: str, source: str) -> str:
+    return (f"the W&B server {url} does not answer (no network?); the API key from {source} was "
+            "not used")
 
 
 def _first_line(exc: BaseException, secret: str | None) -> str:
@@ -163,6 +238,60 @@ def _start_offline(wandb: Any, kwargs: dict[str, Any], reason: str, timeout: flo
     return run
 
 
+def _wandb_module() -> Any:
+    """The wandb package, or None (and a note saying so) when it is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        _say("use_wandb is on but the wandb package is missing (pip install wandb); training goes "
+             "on without W&B.")
+        return None
+    return wandb
+
+
+def setup_wandb(
+    config: TrainingConfig,
+    workspace: Any = None,
+    interactive: bool | None = None,
+) -> str:
+    """The W&B cell: find the key now (asking here, if a person must type it), keep it in memory
+    for the run that training starts, and say what will happen: "online", "offline" (with why,
+    and how to upload later) or "off". Starts no run and never prints the key."""
+    global _remembered
+    _remembered = None
+    if not config.use_wandb:
+        _say("off (tick use_wandb to use it). Every run is still kept in the experiment history.")
+        return "off"
+    wandb = _wandb_module()
+    if wandb is None:
+        return "off"
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode == "disabled":
+        _say("WANDB_MODE=disabled is set in the environment; training goes on without W&B.")
+        return "off"
+    folder = Path(workspace.root if workspace is not None else Path.cwd()) / "wandb"
+    later = (f"Runs are saved under {folder}; upload one later with: wandb login && wandb sync "
+             "<its folder> (printed when training starts).")
+    if env_mode in ("offline", "dryrun") and not _we_set_offline:
+        _say(f"runs will log offline: WANDB_MODE=offline is set in the environment. {later}")
+        return "offline"
+    url = _base_url(wandb)
+    key, source = find_api_key(interactive, url)
+    if key is None:
+        how = (f"add it as the {KEY_ENV} Colab secret (key icon, left bar)" if in_colab()
+               else f"set ${KEY_ENV} or run `wandb login`")
+        _say(f"runs will log offline: {source}. {later} To log online, take your key from "
+             f"https://wandb.ai/authorize, {how}, and run this cell again.")
+        return "offline"
+    _remembered = (key, source)
+    if not server_reachable(url):
+        _say(f"runs will log offline: {_unreachable(url, source)}. {later}")
+        return "offline"
+    where = "/".join(p for p in (config.wandb_entity, config.wandb_project) if p) or "W&B"
+    _say(f"API key from {source}; runs will log online to {where} once training starts.")
+    return "online"
+
+
 def init_wandb(
     config: TrainingConfig,
     run_id: int | str | None = None,
@@ -183,11 +312,8 @@ def init_wandb(
     global _we_set_offline
     if not config.use_wandb:
         return DisabledRun()
-    try:
-        import wandb
-    except ImportError:
-        _say("use_wandb is on but the wandb package is missing (pip install wandb); training goes "
-             "on without W&B.")
+    wandb = _wandb_module()
+    if wandb is None:
         return DisabledRun()
     env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if env_mode == "disabled":
@@ -219,9 +345,12 @@ def init_wandb(
     if env_mode in ("offline", "dryrun") and not _we_set_offline:
         return _start_offline(wandb, kwargs, "WANDB_MODE=offline is set in the environment",
                               init_timeout)
-    key, source = find_api_key(interactive)
+    url = _base_url(wandb)
+    key, source = _remembered if _remembered is not None else find_api_key(interactive, url)
     if key is None:
         return _start_offline(wandb, kwargs, source, init_timeout)
+    if not server_reachable(url):
+        return _start_offline(wandb, kwargs, _unreachable(url, source), init_timeout)
     if _we_set_offline:  # an earlier run in this kernel went offline; this one has a key
         os.environ.pop("WANDB_MODE", None)
         _we_set_offline = False

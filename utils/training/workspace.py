@@ -2,7 +2,10 @@
 
 Everything that writes a file the user cares about goes through :func:`atomic_write`, so a
 disconnect or a crash mid-write leaves the previous version intact instead of a truncated file.
-Stdlib only: this module sits on the lowest floor and must import without torch or Colab.
+Every per-run path (checkpoints, config, results, bundle, archive) is named here, from a name
+that :func:`check_name` has accepted, so no run name, form field or CLI argument can make a file
+land outside the workspace. Stdlib only: this module sits on the lowest floor and must import
+without torch or Colab.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 # Module constants (not default arguments) so tests can monkeypatch them.
-DRIVE_MOUNT_POINT = Path("/content/drive")
+# Tests (and a fake google.colab) point this elsewhere; Colab itself always mounts at /content/drive.
+DRIVE_MOUNT_POINT = Path(os.environ.get("TRANSFORMER_TRAINING_DRIVE_MOUNT", "/content/drive"))
 DRIVE_ROOT = DRIVE_MOUNT_POINT / "MyDrive" / "TransformerTraining"
 # Drive's FUSE mount uploads lazily and handles many small writes badly, so big files are
 # written on the VM's local disk first and copied over in one go.
@@ -28,13 +34,50 @@ DRIVE_STAGING = Path(tempfile.gettempdir()) / "transformer-training-staging"
 HOME_ENV = "TRANSFORMER_TRAINING_HOME"
 LOCAL_DEFAULT = "workspace"
 SUBFOLDERS = ("checkpoints", "configs", "results", "datasets")
+BUNDLES = "bundles"  # results/bundles/<run>/: a run's model bundle
+ARCHIVES = "archives"  # results/archives/<run>.zip
+# The files a run writes to results/, by kind: results/<run><suffix>.
+RESULT_SUFFIXES = {
+    "dashboard": "_dashboard.png", "live": "_live.png", "metrics": "_metrics.csv",
+    "batches": "_batches.csv", "notebook": "_notebook.ipynb",
+}
 # Every temp file starts with "." and contains this marker, so listings (checkpoint retention,
 # "latest run" lookups) can skip half-written files by name alone.
 TEMP_MARKER = ".tmp-"
+_TEMP_RE = re.compile(r"\..+\.tmp-(\d+)-[0-9a-f]{8}")  # exactly what temp_name makes
+# A temp file whose writer is gone is swept once it has not changed for this long (a writer on
+# another machine sharing a Drive folder is not visible to a pid check, but it keeps writing);
+# any temp file this old is swept whoever wrote it (pids are reused).
+DEAD_TEMP_SECONDS = 10 * 60
+STALE_TEMP_SECONDS = 24 * 3600
+# The one rule for names that become file or folder names: a run name, a study name, a CLI
+# argument. It starts with a letter or digit so "<name>.json" never looks like a temp file.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit"
 
 
 class WorkspaceError(OSError):
     """A workspace folder cannot be created; the message says which and what to do instead."""
+
+
+class UnsafeNameError(WorkspaceError, ValueError):
+    """A name that cannot become a file or folder name inside the workspace (it would leave its
+    folder, or is not a portable file name); the message says which characters are allowed."""
+
+
+def check_name(name: object, what: str = "run name") -> str:
+    """``name`` when it is a safe file name under :data:`NAME_RE`; otherwise UnsafeNameError.
+
+    A whitelist, not a blacklist of "/" and "..": NUL bytes, drive letters, spaces Colab paths
+    choke on and names Windows reserves all fall outside it."""
+    if isinstance(name, str) and NAME_RE.fullmatch(name):
+        return name
+    shown = repr(name)
+    if len(shown) > 80:
+        shown = f"{shown[:60]}... ({len(name) if isinstance(name, str) else len(shown)} chars)"
+    raise UnsafeNameError(
+        f"{what} {shown} cannot name a file in the workspace: use {NAME_RULE} "
+        f"(no '/', '\\', '..', spaces or control characters), e.g. 'gpt-small-2'")
 
 
 def is_temp_name(name: str) -> bool:
@@ -42,9 +85,98 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
-def _temp_name(final_name: str) -> str:
+def temp_name(final_name: str) -> str:
+    """A sibling temp name for ``final_name`` that :func:`sweep_temp_files` recognises."""
     # pid + random: two processes (a DDP rank, a second notebook) may write the same file at once.
     return f".{final_name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when that cannot be told)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt" or pid <= 0:
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _newest_mtime(path: Path) -> float:
+    """A temp folder is as fresh as the newest file being written into it."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, _, names in os.walk(path):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, (Path(folder) / name).lstat().st_mtime)
+    return newest
+
+
+def sweep_temp_files(folders: Iterable[Path], now: float | None = None) -> list[Path]:
+    """Remove the temp files and folders a killed writer left in ``folders`` (not recursive).
+
+    Only names :func:`temp_name` makes are touched, never this process's own, and only when
+    their writer's pid is gone and they have not changed for ``DEAD_TEMP_SECONDS``, or when
+    they are older than ``STALE_TEMP_SECONDS``. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in folders:
+        try:
+            entries = list(Path(folder).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMP_RE.fullmatch(entry.name)
+            if match is None or int(match.group(1)) == os.getpid():
+                continue
+            try:
+                age = now - _newest_mtime(entry)
+            except OSError:
+                continue  # removed meanwhile
+            stale = age > STALE_TEMP_SECONDS or (
+                age > DEAD_TEMP_SECONDS and not pid_alive(int(match.group(1))))
+            if not stale:
+                continue
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:
+                continue  # another process swept it first, or it is not ours to remove
+            removed.append(entry)
+    return removed
+
+
+def _folders(top: Path, depth: int) -> list[Path]:
+    """``top`` and its (non-temp, non-link) subfolders down to ``depth`` levels."""
+    found, level = [top], [top]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            with contextlib.suppress(OSError):
+                below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                                and not is_temp_name(p.name))
+        found += below
+        level = below
+    return found
+
+
+def _refuse_escape(dest: Path, within: str | Path | None) -> None:
+    """``dest`` must stay in the folder the caller meant: no ".." step, inside ``within``."""
+    if dest.name in ("", ".", "..") or ".." in dest.parts:
+        raise UnsafeNameError(
+            f"Refusing to write {dest}: the path steps out of its folder with '..'. Names that "
+            f"become paths must be {NAME_RULE}.")
+    if within is not None and not _is_strictly_under(dest, Path(within)):
+        raise UnsafeNameError(
+            f"Refusing to write {dest}: it is not inside {within}, the folder it belongs in. "
+            f"Names that become paths must be {NAME_RULE}.")
 
 
 def _fsync_file(path: Path) -> None:
@@ -73,6 +205,10 @@ def _is_under(path: Path, parent: Path) -> bool:
     return True
 
 
+def _is_strictly_under(path: Path, parent: Path) -> bool:
+    return _is_under(path, parent) and path.resolve() != parent.resolve()
+
+
 def atomic_write(
     dest: str | Path, write: Callable[[Path], None], staging: str | Path | None = None
 ) -> Path:
@@ -89,8 +225,8 @@ def atomic_write(
     direct = staging is None or _is_under(dest.parent, Path(staging))
     work_dir = dest.parent if direct or staging is None else Path(staging)
     work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = work_dir / _temp_name(dest.name)
-    final_tmp = tmp if direct else dest.parent / _temp_name(dest.name)
+    tmp = work_dir / temp_name(dest.name)
+    final_tmp = tmp if direct else dest.parent / temp_name(dest.name)
     try:
         write(tmp)
         if not tmp.is_file():
@@ -100,6 +236,11 @@ def atomic_write(
         _fsync_file(final_tmp)
         os.replace(final_tmp, dest)
         _fsync_dir(dest.parent)
+    except OSError as exc:
+        # A write or fsync that fails (a full disk) names no file: say which one did.
+        if exc.filename is None and exc.errno is not None and exc.strerror:
+            exc.filename = str(dest)
+        raise
     finally:
         for leftover in {tmp, final_tmp}:
             with contextlib.suppress(OSError):
@@ -108,21 +249,26 @@ def atomic_write(
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path, *, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(dest: str | Path, *, replace: bool = False,
+               within: str | Path | None = None) -> Iterator[Path]:
     """Build a folder under a temp name next to ``dest`` and rename it into place when the
     block succeeds, so readers see the whole folder or none of it.
 
     ``replace=False``: if ``dest`` appeared meanwhile (another process finished the same
-    content first), theirs is kept. ``replace=True``: an existing ``dest`` is swapped out.
+    content first), theirs is kept. ``replace=True``: an existing ``dest`` is swapped out, so
+    ``dest`` must not step out of its folder ("..") and, with ``within``, must lie inside it:
+    a name from a form or the command line must never replace someone else's folder.
     """
     dest = Path(dest)
+    if replace or within is not None:
+        _refuse_escape(dest, within)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / _temp_name(dest.name)
+    tmp = dest.parent / temp_name(dest.name)
     tmp.mkdir()
     try:
         yield tmp
         if replace and dest.exists():
-            old = dest.parent / _temp_name(dest.name)
+            old = dest.parent / temp_name(dest.name)
             dest.rename(old)
             tmp.rename(dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -207,18 +353,36 @@ class Workspace:
                     note = why
             ws = cls(root=local_root, on_drive=False, staging=local_root, note=note)
         ws._make_folders()
+        ws.sweep_temp_files()
         if verbose:
             print(ws.describe())
         return ws
 
+    def sweep_temp_files(self) -> list[Path]:
+        """Remove what writers killed mid-write left in the folders the library writes into
+        atomically (checkpoint folders sweep their own); see :func:`sweep_temp_files`."""
+        # results/search/<study>/, datasets/uploads/ and models/gists/ are below the top.
+        folders = [self.root, self.configs, self.root / "search", self.staging,
+                   self.staging / "search", *_folders(self.results, 2), *_folders(self.datasets, 1),
+                   *_folders(self.root / "models", 1)]
+        return sweep_temp_files(list(dict.fromkeys(folders)))
+
     def _make_folders(self) -> None:
-        for folder in (self.root, *(self.root / name for name in SUBFOLDERS), self.staging):
+        folders = (self.root, *(self.root / name for name in SUBFOLDERS), self.staging)
+        for folder in folders:  # refuse before creating anything: no half-made workspace
+            if folder.exists() and not folder.is_dir():
+                raise WorkspaceError(
+                    f"Cannot create workspace folder {folder}: a file of that name is in the "
+                    f"way (it was left untouched). Move it, or use another folder (--workspace "
+                    f"DIR at the command line, root= for Workspace.setup) or set ${HOME_ENV}.")
+        for folder in folders:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise WorkspaceError(
                     f"Cannot create workspace folder {folder}: {exc.strerror or exc}. "
-                    f"Pass another root= to Workspace.setup or set ${HOME_ENV}."
+                    f"Use another folder (--workspace DIR at the command line, root= for "
+                    f"Workspace.setup) or set ${HOME_ENV}."
                 ) from exc
 
     @property
@@ -241,15 +405,45 @@ class Workspace:
     def db_path(self) -> Path:
         return self.root / "experiments.db"
 
-    def run_dir(self, run_name: str) -> Path:
-        """Each run owns one folder; the name check stops a run name from escaping checkpoints/."""
-        if not run_name or run_name in {".", ".."} or any(sep in run_name for sep in "/\\"):
-            raise ValueError(
-                f"run_name {run_name!r} cannot be a folder name: use letters, digits, '.', '_', '-'"
-            )
-        path = self.checkpoints / run_name
-        path.mkdir(parents=True, exist_ok=True)
+    # Every path named after a run comes from here: check_name() first, so none can leave its
+    # folder. UnsafeNameError is a ValueError too (a bad name is a bad argument).
+
+    def run_dir(self, run_name: str, create: bool = True) -> Path:
+        """checkpoints/<run>/: each run owns one folder (created unless ``create=False``)."""
+        path = self.checkpoints / check_name(run_name)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def config_file(self, run_name: str) -> Path:
+        """configs/<run>.json, the config a run was started with."""
+        return self.configs / f"{check_name(run_name)}.json"
+
+    def result(self, run_name: str, kind: str) -> Path:
+        """results/<run>_<kind>.<ext>: ``kind`` is one of :data:`RESULT_SUFFIXES`
+        ("dashboard" -> results/<run>_dashboard.png)."""
+        if kind not in RESULT_SUFFIXES:
+            raise ValueError(f"kind {kind!r}: must be one of {', '.join(RESULT_SUFFIXES)}")
+        return self.results / f"{check_name(run_name)}{RESULT_SUFFIXES[kind]}"
+
+    def bundle_dir(self, run_name: str) -> Path:
+        """results/bundles/<run>/, a run's exported model."""
+        return self.results / BUNDLES / check_name(run_name)
+
+    def archive(self, run_name: str) -> Path:
+        """results/archives/<run>.zip."""
+        return self.results / ARCHIVES / f"{check_name(run_name)}.zip"
+
+    def path_in(self, folder: str | Path, name: str, suffix: str = "",
+                what: str = "name") -> Path:
+        """``<folder>/<name><suffix>`` for any other name that becomes a path (a study name,
+        say): ``folder`` (relative to the root, or absolute) must be inside the workspace or its
+        staging folder, and ``name`` pass :func:`check_name`."""
+        base = Path(folder) if Path(folder).is_absolute() else self.root / folder
+        if not (_is_under(base, self.root) or _is_under(base, self.staging)):
+            raise UnsafeNameError(f"{base} is not inside the workspace {self.root}: pass one of "
+                                  f"its folders (e.g. workspace.results)")
+        return base / f"{check_name(name, what)}{suffix}"
 
     def atomic_write(self, dest: Path, write: Callable[[Path], None]) -> Path:
         """Stages through local disk when the root is on Drive; writes in place otherwise."""

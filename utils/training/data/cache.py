@@ -155,6 +155,24 @@ def _map(ds: Any, encode: Any, dtype: Any, desc: str) -> Any:
     )
 
 
+def made_with(cached: CachedTokens) -> dict[str, Any]:
+    """The config fields that made these tokens: `tokenizer` and `vocab_size`.
+
+    A run on a cache folder (data_source="local", data_path=the folder) uses the cache's
+    tokenizer whatever the form says, so its saved and logged config must say so too. A BPE
+    cache records the vocab_size it was trained for (the key's value); other kinds record the
+    tokenizer's real size. Synthetic ids have no tokenizer kind among the config's choices, so
+    they point at the cache's own tokenizer.json (which is exactly what was used).
+    """
+    fields = cached.meta.get("fields") or {}
+    kind = fields.get("tokenizer")
+    if fields.get("source") == "synthetic" or not kind:
+        return {"tokenizer": str(cached.path / "tokenizer.json"),
+                "vocab_size": int(cached.tokenizer.vocab_size)}
+    vocab = fields.get("vocab_size") if kind == "bpe" else None
+    return {"tokenizer": str(kind), "vocab_size": int(vocab or cached.tokenizer.vocab_size)}
+
+
 def read_cache(folder: str | os.PathLike[str]) -> CachedTokens:
     folder = Path(folder)
     try:

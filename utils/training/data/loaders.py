@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import CachedTokens, cache_key, encode_split, key_fields, read_cache, write_cache
+from .cache import (
+    CachedTokens,
+    cache_key,
+    encode_split,
+    key_fields,
+    made_with,
+    read_cache,
+    write_cache,
+)
 from .errors import DataError
 from .sources import is_token_cache, read_source, resolve_source
 from .synthetic import synthetic_chain
@@ -36,6 +44,9 @@ class TokenData:
     source: str = ""
     cache_path: Path | None = None  # the token cache folder used or written, if any
     from_cache: bool = False  # True when no tokenization ran
+    # Config fields these tokens fix whatever the config said (a cache folder named directly
+    # brings its own tokenizer): the run records these values, so its config tells the truth.
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def pack_blocks(ids: torch.Tensor, block_size: int, *, name: str = "token stream") -> torch.Tensor:
@@ -244,7 +255,8 @@ def load_token_data(config: Any, workspace: Any = None, tokenizer: Any = None) -
     """
     source = resolve_source(config, workspace)
     if source.kind == "cache":
-        return _from_cache(read_cache(source.files[0]))
+        cached = read_cache(source.files[0])
+        return _from_cache(cached, made_with(cached))
     key = cache_key(config, source)
     if workspace is not None and is_token_cache(workspace.datasets / key):
         return _from_cache(read_cache(workspace.datasets / key))
@@ -280,7 +292,7 @@ def load_token_data(config: Any, workspace: Any = None, tokenizer: Any = None) -
     )
 
 
-def _from_cache(cached: CachedTokens) -> TokenData:
+def _from_cache(cached: CachedTokens, settings: dict[str, Any] | None = None) -> TokenData:
     meta = cached.meta
     print(f"loaded cached tokens from {cached.path} ({cached.train.size:,} train / "
           f"{cached.val.size:,} val tokens)")
@@ -292,4 +304,5 @@ def _from_cache(cached: CachedTokens) -> TokenData:
         source=str(meta.get("source", cached.path)),
         cache_path=cached.path,
         from_cache=True,
+        settings=dict(settings or {}),
     )

@@ -8,8 +8,9 @@ Sources (config.data_source):
 - "drive": data_path relative to the workspace root (on Drive in Colab), absolute, or starting
   with "MyDrive/" (under the Drive mount point).
 - "upload": in Colab the upload dialog, elsewhere data_path names the file. Either way the file
-  is kept in `<workspace>/datasets/uploads/`, and a re-run with data_path empty reuses the newest
-  file there instead of asking again (a disconnect must not cost another upload).
+  is kept in `<workspace>/datasets/uploads/` (several files chosen at once: in one folder there),
+  and a re-run with data_path empty reuses the newest upload instead of asking again (a
+  disconnect must not cost another upload); `find_upload(..., ask_again=True)` asks anyway.
 - "local": a file, folder or glob on this machine. A folder written by `load_token_data`
   (it holds meta.json) is the "cached local" source: its tokens are used as they are.
 - "synthetic": the Markov chain of synthetic.py, as rows of space-separated token ids.
@@ -24,7 +25,9 @@ How files become rows, the same for every source that reads files:
 
 Then, whatever the source: the text column of a table is chosen (config.text_column, else
 "text", else the only string column; plain text files and synthetic rows ignore text_column,
-which a notebook form may still hold from another source), empty rows are dropped, a "validation" split is taken from "validation",
+which a notebook form may still hold from another source). Rows that keep their text under
+different keys (`{"text": ...}` in some JSON lines, `{"body": ...}` in others) are refused, not
+half dropped; rows whose text is empty are dropped, and the count is printed. A "validation" split is taken from "validation",
 "valid", "val", "dev" or "test", or split off with a seeded `train_test_split` (a single
 document is cut near the end instead), and max_samples > 0 keeps the first rows of each split.
 """
@@ -32,6 +35,7 @@ document is cut near the end instead), and max_samples > 0 keeps the first rows 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import os
 import threading
 import urllib.error
@@ -42,10 +46,11 @@ from typing import Any
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Value
 from huggingface_hub import constants as hub_constants
 
-from ..workspace import DRIVE_MOUNT_POINT, Workspace, in_colab, is_temp_name
+from ..workspace import DRIVE_MOUNT_POINT, Workspace, atomic_dir, in_colab, is_temp_name
 from .errors import DataError
 from .progress import progress_for
 from .synthetic import synthetic_text_data
@@ -181,44 +186,68 @@ def _drive_path(data_path: str, workspace: Workspace | None) -> str:
 
 
 def _upload_source(config: Any, workspace: Workspace | None) -> Source:
+    return _local_source(str(find_upload(workspace, str(config.data_path))))
+
+
+# Uploads whose reuse was announced in this process: every load (the preview, the time estimate,
+# training, each search trial) resolves the source again, and once is enough to say it.
+_announced_reuse: set[Path] = set()
+
+
+def find_upload(
+    workspace: Workspace | None, path: str = "", *, ask_again: bool = False,
+    field: str = "data_path",
+) -> Path:
+    """The file (or folder, when several files were chosen at once) that data_source="upload"
+    reads, kept in `<workspace>/datasets/uploads/`.
+
+    `path` names a file to copy there (or one already there by name). Empty `path` reuses the
+    newest upload, unless `ask_again` opens Colab's upload dialog once more. `field` is the name
+    the person set `path` with (the notebook's "upload_path", the CLI's "data_path"), for
+    messages.
+    """
     if workspace is None:
         raise DataError(
             "data_source='upload' keeps the uploaded file in the workspace (datasets/uploads) "
             "so a re-run does not ask again; pass a workspace, e.g. Workspace.setup()."
         )
     folder = workspace.datasets / UPLOADS
-    raw = str(config.data_path).strip()
+    raw = path.strip()
     if raw:
         given = Path(raw).expanduser()
+        kept = folder.resolve() in given.resolve().parents  # already in datasets/uploads
         if given.is_file():
-            saved = [_keep_upload(workspace, given.name, given)]
-        elif (folder / given.name).is_file():
-            saved = [folder / given.name]
-        else:
-            raise DataError(f"data_path={raw!r}: no such file (looked at {given} and "
-                            f"{folder / given.name}). Give the path of the file to use.")
-    else:
-        previous = _newest_upload(folder)
-        if previous is not None:
-            print(f"Reusing the earlier upload {previous} (set data_path to use another file, "
-                  "or delete this one to be asked again).")
-            saved = [previous]
-        elif in_colab():
-            saved = _colab_upload(workspace)
-        else:
-            raise DataError(
-                "data_source='upload' outside Colab has no upload dialog: set data_path to the "
-                f"file to use (it is copied into {folder})."
-            )
-    return _local_source(str(saved[0])) if len(saved) == 1 else Source(
-        "files", str(folder), tuple(sorted(saved)))
+            return given if kept else _keep_upload(workspace, given.name, given)
+        if given.is_dir() and kept:  # an earlier multi-file upload
+            return given
+        if (folder / given.name).exists():
+            return folder / given.name
+        raise DataError(f"{field}={raw!r}: no such file (looked at {given} and "
+                        f"{folder / given.name}). Give the path of the file to use.")
+    if ask_again and not in_colab():
+        raise DataError(f"Asked for a new upload, but there is no upload dialog outside Colab: set "
+                        f"{field} to the file to use (it is copied into {folder}).")
+    previous = None if ask_again else _newest_upload(folder)
+    if previous is not None:
+        if previous not in _announced_reuse:
+            _announced_reuse.add(previous)
+            again = ("tick upload_new to choose another file" if field == "upload_path"
+                     else "delete it to be asked again")
+            print(f"Reusing the earlier upload {previous} ({again}, or set {field} to a file).")
+        return previous
+    if in_colab():
+        return _colab_upload(workspace, field)
+    raise DataError(
+        f"data_source='upload' outside Colab has no upload dialog: set {field} to the file to "
+        f"use (it is copied into {folder})."
+    )
 
 
 def _newest_upload(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
-    files = [p for p in folder.iterdir() if p.is_file() and not is_temp_name(p.name)]
-    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+    kept = [p for p in folder.iterdir() if not is_temp_name(p.name) and (p.is_file() or p.is_dir())]
+    return max(kept, key=lambda p: p.stat().st_mtime_ns) if kept else None
 
 
 def _keep_upload(workspace: Workspace, name: str, content: Path | bytes) -> Path:
@@ -238,15 +267,29 @@ def _keep_upload(workspace: Workspace, name: str, content: Path | bytes) -> Path
     return dest
 
 
-def _colab_upload(workspace: Workspace) -> list[Path]:
+def _colab_upload(workspace: Workspace, field: str = "data_path") -> Path:
     from google.colab import files as colab_files  # type: ignore[import-not-found]
 
     print("Choose the file(s) to train on (.txt, .csv, .jsonl, .parquet, ...).")
-    uploaded = colab_files.upload()
+    uploaded = {Path(name).name: bytes(data) for name, data in colab_files.upload().items()}
     if not uploaded:
         raise DataError("No file was uploaded. Run the cell again and choose a file, or set "
-                        "data_path to a file that is already on this machine or on Drive.")
-    return [_keep_upload(workspace, name, bytes(data)) for name, data in sorted(uploaded.items())]
+                        f"{field} to a file that is already on this machine or on Drive.")
+    if len(uploaded) == 1:
+        ((name, data),) = uploaded.items()
+        return _keep_upload(workspace, name, data)
+    # Several files: one folder named by their content, so that the set is what a re-run reuses
+    # (the same set uploaded again lands in the same folder, and keeps its token cache).
+    digest = hashlib.sha256()
+    for name, data in sorted(uploaded.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    folder = workspace.datasets / UPLOADS / f"upload-{len(uploaded)}-files-{digest.hexdigest()[:10]}"
+    with atomic_dir(folder) as tmp:  # whole or absent: a disconnect leaves no half set behind
+        for name, data in uploaded.items():
+            (tmp / name).write_bytes(data)
+    os.utime(folder)  # the newest upload, even when the same set was uploaded before
+    print(f"Saved {len(uploaded)} files to {folder}")
+    return folder
 
 
 # --------------------------------------------------------------------------- the Hub
@@ -385,37 +428,116 @@ def _load_files(files: tuple[Path, ...], where: str) -> tuple[Dataset, bool]:
         raise DataError(f"Cannot read {where!r} as {kind}: {e}") from e
 
 
+# Where a person sets text_column; every source that reads a table uses it.
+TEXT_COLUMN_FIELD = ("text_column (in the notebook: the field under data_source in cell 2.1; it "
+                     "applies to every source)")
+
+
+def _string_columns(ds: Dataset) -> list[str]:
+    return [name for name, f in ds.features.items()
+            if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+
+
+def _empty_columns(ds: Dataset) -> list[str]:
+    """Columns with no value in any row: a CSV column left blank reads as all-null float64,
+    which is not a missing column and not a column of the wrong kind, so it gets its own words."""
+    empty = []
+    for name in ds.column_names:
+        column = ds.data.column(name)
+        if len(column) == 0:
+            continue
+        is_string = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        if column.null_count == len(column) or (
+                is_string and not pc.any(_has_text_mask(column)).as_py()):
+            empty.append(name)
+    return empty
+
+
 def choose_text_column(ds: Dataset, wanted: str, where: str) -> str:
     """config.text_column when set; else "text"; else the only string column; else an error."""
-    strings = [name for name, f in ds.features.items()
-               if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+    strings = _string_columns(ds)
+    empty = _empty_columns(ds)
     if wanted:
         if wanted not in ds.column_names:
             raise DataError(f"text_column={wanted!r} is not a column of {where}; its columns are "
-                            f"{ds.column_names}.")
+                            f"{ds.column_names}. Set {TEXT_COLUMN_FIELD} to one of them.")
+        if wanted in empty:
+            raise DataError(f"Column {wanted!r} of {where} is empty in every row; set "
+                            f"{TEXT_COLUMN_FIELD} to a column with text "
+                            f"(text columns: {[c for c in strings if c not in empty] or 'none'}).")
         if wanted not in strings:
             raise DataError(f"Column {wanted!r} of {where} holds {ds.features[wanted]}, not text; "
                             f"text columns: {strings or 'none'}.")
         return wanted
-    if "text" in strings:
+    usable = [c for c in strings if c not in empty]
+    if "text" in usable:
         return "text"
-    if len(strings) == 1:
-        return strings[0]
-    if not strings:
+    if len(usable) == 1:
+        if "text" in ds.column_names:
+            print(f"Column 'text' of {where} is empty in every row; using {usable[0]!r}, its only "
+                  "column with text.")
+        return usable[0]
+    if not usable:
+        if empty:
+            which = f"column {empty[0]!r}" if len(empty) == 1 else f"columns {empty}"
+            raise DataError(f"{where} has no text to train on: every row of {which} is empty "
+                            f"(columns: {ds.column_names}). Check that it is the file you meant, "
+                            f"or set {TEXT_COLUMN_FIELD} to a column that holds text.")
         raise DataError(f"{where} has no text column (columns: {ds.column_names}); give a "
                         "dataset with a string column to train on.")
-    raise DataError(f"{where} has several text columns {strings}; set text_column to the one "
-                    "to train on.")
+    raise DataError(f"{where} has several text columns {usable}; set {TEXT_COLUMN_FIELD} to the "
+                    "one to train on.")
 
 
 def _has_text(texts: list[str | None]) -> list[bool]:
     return [bool(t and not t.isspace()) for t in texts]
 
 
+def _has_text_mask(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a string column holds something other than nothing or whitespace."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    return pc.fill_null(pc.greater(pc.utf8_length(trimmed), 0), False)
+
+
+def _check_one_key(ds: Dataset, column: str, where: str, split: str) -> None:
+    """Refuse rows that keep their text under another key than the chosen column.
+
+    JSON lines written by different tools often mix `{"text": ...}` and `{"body": ...}`; read
+    as a table, each row has text in one column and nothing in the other. Training on one column
+    would quietly drop the other rows, so this names both keys and the fix instead.
+    """
+    chosen = _has_text_mask(ds.data.column(column))
+    missing = len(ds) - pc.sum(chosen).as_py() if len(ds) else 0
+    if not missing:
+        return
+    others = {}
+    for name in _string_columns(ds):
+        if name == column:
+            continue
+        other = _has_text_mask(ds.data.column(name))
+        # The other column fills in exactly where the chosen one is blank, and never beside it.
+        if not pc.any(pc.and_(chosen, other)).as_py() and pc.any(other).as_py():
+            others[name] = pc.sum(other).as_py()
+    if others:
+        counts = ", ".join(f"{name!r} in {n:,} rows" for name, n in
+                           [(column, len(ds) - missing), *others.items()])
+        raise DataError(
+            f"The {split!r} split of {where} keeps its text under different keys: {counts}. "
+            f"Using only {column!r} would drop the other rows. Give every row the same key: "
+            f"rename {next(iter(others))!r} to {column!r} in the file (or delete the rows you do "
+            "not want), then run again."
+        )
+
+
 def _text_only(ds: Dataset, column: str, where: str, split: str) -> Dataset:
     if column not in ds.column_names:
         raise DataError(f"The {split!r} split of {where} has no column {column!r} (it has "
                         f"{ds.column_names}).")
+    if column in _empty_columns(ds):
+        raise DataError(f"The {split!r} split of {where} has no text: every row of column "
+                        f"{column!r} is empty.")
+    _check_one_key(ds, column, where, split)
+    before = len(ds)
     ds = ds.select_columns([column])
     if column != "text":
         ds = ds.rename_column(column, "text")
@@ -426,6 +548,9 @@ def _text_only(ds: Dataset, column: str, where: str, split: str) -> Dataset:
     if len(ds) == 0:
         raise DataError(f"The {split!r} split of {where} has no text: every row of column "
                         f"{column!r} is empty.")
+    if len(ds) < before:
+        print(f"Skipped {before - len(ds):,} of {before:,} rows of the {split!r} split of {where}: "
+              f"their {column!r} is empty.")
     return ds
 
 

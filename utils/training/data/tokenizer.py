@@ -5,6 +5,12 @@ mark document ends and a saved form to put next to checkpoints, so that is the w
 (plus encode_batch, the fast path the tokenization `map` calls). A trained byte-level BPE and a
 user's `tokenizer.json` (GPT-2's, say) are the same class, `HFTokenizer`: both are a
 `tokenizers.Tokenizer` plus the name of its end-of-document token.
+
+Whatever the kind, the file a tokenizer saves is a plain Hugging Face `tokenizer.json`, so what a
+run leaves behind loads with `tokenizers` or `transformers` alone and can be given back as
+`tokenizer=<path>` to the next run. Byte, char and identity tokenizers are written as the
+Hugging Face tokenizer that gives exactly their ids, and recognised again by their contents when
+loaded (no extra metadata), so they come back as themselves with the same ids and decoding.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _HFTokenizerCore
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..workspace import atomic_write
 from .errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
+UNK_TOKEN = "<unk>"  # the char tokenizer's id 1, by name in its tokenizer.json
 # End-of-document names used by common tokenizer.json files (GPT-2, T5/Llama, others), in the
 # order they are tried when a user's file does not say which one it uses.
 EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<eos>", "<|eos|>", "<|end_of_text|>", "[EOS]", "<|im_end|>")
@@ -43,13 +50,68 @@ class Tokenizer(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def to_hf(self) -> _HFTokenizerCore: ...
+
     def save(self, path: str | os.PathLike[str]) -> Path: ...
 
 
-def _write_json_atomic(path: str | os.PathLike[str], obj: dict[str, Any]) -> Path:
+def _write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     # Temp file + rename: a disconnect never leaves half a tokenizer on Drive.
-    text = json.dumps(obj, indent=2)
     return atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _eos_name(tok: Tokenizer) -> str | None:
+    if tok.eos_id is None:
+        return None
+    return getattr(tok, "eos_token", EOS_TOKEN)
+
+
+def hf_tokenizer_config(tok: Tokenizer, model_max_length: int | None = None) -> dict[str, Any]:
+    """tokenizer_config.json for `tok`: what `transformers.AutoTokenizer` needs beyond the file.
+
+    The generic fast-tokenizer class (never GPT2Tokenizer, which would rebuild a BPE from the
+    vocabulary), no token_type_ids (GPT-2 would add them to the embeddings) and no clean-up of
+    spaces, so that decoding gives back exactly the text.
+    """
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
+                              "model_input_names": ["input_ids", "attention_mask"],
+                              "clean_up_tokenization_spaces": False}
+    eos = _eos_name(tok)
+    if eos is not None:
+        config.update(eos_token=eos, bos_token=eos)
+    if isinstance(tok, CharTokenizer):
+        config["unk_token"] = UNK_TOKEN
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    return config
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str],
+                   model_max_length: int | None = None) -> Path:
+    """`tok` as a Hugging Face tokenizer.json at `path`.
+
+    Beside a file named tokenizer.json goes its tokenizer_config.json: the folder then loads with
+    `AutoTokenizer.from_pretrained`, and a user tokenizer's end-of-document token (which the
+    tokenizer.json does not name) survives being loaded again.
+    """
+    path = Path(path)
+    saved = _write_text_atomic(path, tok.to_hf().to_str(pretty=True))
+    if path.name == "tokenizer.json":
+        config = hf_tokenizer_config(tok, model_max_length)
+        _write_text_atomic(path.with_name("tokenizer_config.json"),
+                           json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return saved
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte 0..255, as byte-level tokenizer.json files use.
+
+    Printable Latin-1 bytes stand for themselves; the others are shifted to code points 256+.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
 
 
 class ByteTokenizer:
@@ -73,8 +135,19 @@ class ByteTokenizer:
     def to_dict(self) -> dict[str, Any]:
         return {"type": "byte"}
 
+    def to_hf(self) -> _HFTokenizerCore:
+        """A merge-free byte-level BPE: id b for byte b, EOS 256 (decoded as a line break)."""
+        symbols = _byte_symbols()
+        vocab = {sym: b for b, sym in enumerate(symbols)}
+        vocab[EOS_TOKEN] = 256
+        core = _HFTokenizerCore(models.BPE(vocab, []))
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        core.decoder = decoders.Sequence([decoders.Replace(EOS_TOKEN, symbols[10]),
+                                          decoders.ByteLevel()])
+        return core
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return _write_json_atomic(path, self.to_dict())
+        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=257)"
@@ -124,8 +197,21 @@ class CharTokenizer:
     def to_dict(self) -> dict[str, Any]:
         return {"type": "char", "chars": self.chars}
 
+    def to_hf(self) -> _HFTokenizerCore:
+        """A word-level model over single characters, with the same ids and the same decoding.
+
+        EOS and UNK are ordinary vocabulary entries, not added tokens: a literal
+        "<|endoftext|>" in the text is its characters here, exactly as `encode` makes it.
+        """
+        vocab = {EOS_TOKEN: self.eos_id, UNK_TOKEN: self.unk_id, **self._ids}
+        core = _HFTokenizerCore(models.WordLevel(vocab, unk_token=UNK_TOKEN))
+        core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        core.decoder = decoders.Sequence([decoders.Replace(UNK_TOKEN, "\ufffd"),
+                                          decoders.Replace(EOS_TOKEN, "\n"), decoders.Fuse()])
+        return core
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return _write_json_atomic(path, self.to_dict())
+        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -167,8 +253,15 @@ class IdentityTokenizer:
     def to_dict(self) -> dict[str, Any]:
         return {"type": "identity", "vocab_size": self.vocab_size}
 
+    def to_hf(self) -> _HFTokenizerCore:
+        """A word-level model over the words "0".."vocab_size-1"; decoding joins with spaces."""
+        vocab = {str(i): i for i in range(self.vocab_size)}
+        core = _HFTokenizerCore(models.WordLevel(vocab, unk_token=UNK_TOKEN))
+        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return core
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return _write_json_atomic(path, self.to_dict())
+        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return f"IdentityTokenizer(vocab_size={self.vocab_size})"
@@ -248,15 +341,20 @@ class HFTokenizer:
     def from_file(cls, path: str | os.PathLike[str]) -> HFTokenizer:
         """A tokenizer.json; its EOS comes from tokenizer_config.json beside it or a common name."""
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise DataError(
-                f"No tokenizer file at {path}. Give the path of a Hugging Face tokenizer.json "
-                "(e.g. downloaded from gpt2's model page) or use tokenizer='bpe', 'char' or 'byte'."
-            )
+        return cls._from_spec(path, *_read_tokenizer_file(path))
+
+    @classmethod
+    def _from_spec(cls, path: Path, text: str, spec: dict[str, Any]) -> HFTokenizer:
+        if "model" not in spec:
+            raise DataError(f"{path} is not a Hugging Face tokenizer.json file: it has no "
+                            f"\"model\" entry. {_FILE_FIX}")
         try:
-            core = _HFTokenizerCore.from_file(str(path))
+            core = _HFTokenizerCore.from_str(text)
         except Exception as e:  # the Rust side raises a bare Exception for any parse problem
-            raise DataError(f"{path} is not a Hugging Face tokenizer.json file: {e}") from e
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"{path} is not a Hugging Face tokenizer.json file that this version of the "
+                f"tokenizers library can read (it says: {detail}). {_FILE_FIX}") from e
         return cls(core, _find_eos(core, path))
 
     def encode(self, text: str) -> list[int]:
@@ -289,8 +387,11 @@ class HFTokenizer:
         # pickles and loads far faster than a nested dict of tens of thousands of entries.
         return {"type": "hf", "eos_token": self.eos_token, "json": self.core.to_str()}
 
+    def to_hf(self) -> _HFTokenizerCore:
+        return self.core
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return _write_json_atomic(path, self.to_dict())
+        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, eos={self.eos_token!r})"
@@ -322,7 +423,8 @@ def build_tokenizer(config: Any, texts: Iterable[str | list[str]]) -> Tokenizer:
     """The tokenizer config.tokenizer names, trained on `texts` where it needs training.
 
     `texts` may yield strings or lists of strings (batches); it is read once, and not at all
-    for "byte" or a tokenizer.json file.
+    for "byte" or a tokenizer.json file. A file is read by `load_tokenizer`, so the tokenizer.json
+    an earlier run saved next to its checkpoints gives back exactly that run's tokenizer.
     """
     kind = str(config.tokenizer).strip()
     if kind == "byte":
@@ -334,7 +436,7 @@ def build_tokenizer(config: Any, texts: Iterable[str | list[str]]) -> Tokenizer:
         print(f"Training a byte-level BPE tokenizer (vocab {vocab:,}) on the training split...")
         return HFTokenizer.train_bpe(texts, vocab)
     if kind.lower().endswith(".json"):
-        return HFTokenizer.from_file(kind)
+        return load_tokenizer(kind)
     raise DataError(
         f"tokenizer={kind!r} is not known: use 'bpe', 'char', 'byte' or the path of a "
         "tokenizer.json file."
@@ -350,7 +452,8 @@ def _flatten(texts: Iterable[str | list[str]]) -> Iterable[str]:
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Inverse of `tok.to_dict()` (what checkpoints store)."""
+    """Inverse of `tok.to_dict()` (what checkpoints store, and what older versions saved as a
+    tokenizer.json)."""
     kind = d.get("type")
     if kind == "byte":
         return ByteTokenizer()
@@ -370,17 +473,66 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     )
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """Inverse of `tok.save(path)`; also reads a plain Hugging Face tokenizer.json."""
-    path = Path(path)
+_FILE_FIX = ("Point tokenizer at a Hugging Face tokenizer.json (a model's, or the "
+             "checkpoints/<run>/tokenizer.json an earlier run saved), or use tokenizer='bpe', "
+             "'char' or 'byte'.")
+
+
+def _read_tokenizer_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text and its JSON object, or a DataError that names the file and the fix."""
+    if not path.is_file():
+        raise DataError(f"No tokenizer file at {path}. {_FILE_FIX}")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(f"No tokenizer file at {path}; save one with tokenizer.save().") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"Tokenizer file {path} is not valid JSON ({e}); re-save it.") from e
-    if not isinstance(d, dict):
-        raise DataError(f"Tokenizer file {path} should hold a JSON object, got {type(d).__name__}.")
-    if "type" not in d and "model" in d:  # a tokenizers library file, not one of ours
-        return HFTokenizer.from_file(path)
-    return tokenizer_from_dict(d)
+        text = path.read_text(encoding="utf-8")
+        spec = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not a Hugging Face tokenizer.json file: it is not UTF-8 "
+                        f"text, so it is damaged or something else. {_FILE_FIX}") from e
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} is not a Hugging Face tokenizer.json file: it is not valid JSON (line "
+            f"{e.lineno}, column {e.colno}), so it was cut off or is something else. "
+            f"{_FILE_FIX}") from e
+    if not isinstance(spec, dict):
+        raise DataError(f"{path} is not a Hugging Face tokenizer.json file: it holds a JSON "
+                        f"{type(spec).__name__}, not an object. {_FILE_FIX}")
+    return text, spec
+
+
+def _recognise(spec: dict[str, Any]) -> Tokenizer | None:
+    """The byte, char or identity tokenizer whose `to_hf()` this file is, else None.
+
+    Judged by what decides the ids (model, vocabulary, pre-tokenizer), not the exact JSON, so a
+    file re-saved by another tokenizers version is still recognised.
+    """
+    model = spec.get("model") or {}
+    vocab = model.get("vocab")
+    pre = (spec.get("pre_tokenizer") or {}).get("type")
+    if not isinstance(vocab, dict) or spec.get("added_tokens"):
+        return None
+    if model.get("type") == "BPE" and pre == "ByteLevel" and not model.get("merges"):
+        byte_vocab = {sym: b for b, sym in enumerate(_byte_symbols())}
+        byte_vocab[EOS_TOKEN] = ByteTokenizer.vocab_size - 1
+        return ByteTokenizer() if vocab == byte_vocab else None
+    if model.get("type") != "WordLevel":
+        return None
+    if pre == "WhitespaceSplit" and vocab == {str(i): i for i in range(len(vocab))} and vocab:
+        return IdentityTokenizer(len(vocab))
+    if pre == "Split" and model.get("unk_token") == UNK_TOKEN and \
+            vocab.get(EOS_TOKEN) == CharTokenizer.eos_id and vocab.get(UNK_TOKEN) == 1:
+        rest = sorted((i, c) for c, i in vocab.items() if c not in (EOS_TOKEN, UNK_TOKEN))
+        chars = "".join(c for _, c in rest)
+        if [i for i, _ in rest] == list(range(2, len(rest) + 2)) and len(chars) == len(rest) \
+                and rest and chars == "".join(sorted(set(chars))):
+            return CharTokenizer(chars)
+    return None
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """Inverse of `tok.save(path)`, for any tokenizer file: one this library saved (a plain
+    Hugging Face tokenizer.json, or the {"type": ...} form older versions wrote) or a user's."""
+    path = Path(path).expanduser()
+    text, spec = _read_tokenizer_file(path)
+    if "type" in spec and "model" not in spec:  # written by an older version of this library
+        return tokenizer_from_dict(spec)
+    return _recognise(spec) or HFTokenizer._from_spec(path, text, spec)

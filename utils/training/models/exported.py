@@ -8,7 +8,13 @@ so a wrong export fails in the model cell with its reason instead of deep inside
 
 Loading a Gist runs a stranger's code, so everything the user needs to judge it (where it came
 from, each file's SHA-256, the class that will be built) is found *statically* and shown before a
-single line runs, and a Gist is refused unless the caller passes ``trust=True``.
+single line runs, and a Gist is refused unless the caller passes ``trust=True``. The same gate,
+with the same display, guards any other folder of someone else's code (``require_trust``: a model
+bundle someone sent you).
+
+How the model was built and called (the constructor style, the input keyword, where the logits
+are in the output) is kept as a *recipe* in ``source_info``, so a bundle's README can show the
+plain-torch lines that rebuild it without this library.
 """
 
 from __future__ import annotations
@@ -142,8 +148,12 @@ def _as_dataclass(annotation: Any, cls: type) -> type | None:
 
 
 def construct(cls: type, values: dict[str, Any], vocab_size: int | None,
-              path: Path) -> tuple[nn.Module, str]:
-    """Build ``cls`` the way its constructor asks to be called; return it and the style used."""
+              path: Path) -> tuple[nn.Module, str, dict[str, Any]]:
+    """Build ``cls`` the way its constructor asks to be called.
+
+    Returns the model, the style in words, and the recipe: ``call`` (none, dataclass, namespace
+    or kwargs), the keyword names or config class it used, and ``config``, the values it read.
+    """
     P = inspect.Parameter
     try:
         params = list(inspect.signature(cls).parameters.values())
@@ -159,6 +169,7 @@ def construct(cls: type, values: dict[str, Any], vocab_size: int | None,
                     and {p.name for p in required} <= {config_params[0].name})
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = {}
+    recipe: dict[str, Any] = {"call": "none", "config": dict(values)}
     if not named and not var_kw:
         style = "no arguments"
     elif takes_config:
@@ -173,9 +184,13 @@ def construct(cls: type, values: dict[str, Any], vocab_size: int | None,
                 raise ModelLoadError(f"config.json does not fit {config_cls.__name__}: {err}. "
                                      "Add the missing keys to config.json.") from err
             style = f"a {config_cls.__name__} built from config.json"
+            recipe = {"call": "dataclass", "config": dict(values),
+                      "names": [k for k in values if k in fields],
+                      "config_class": _module_name_of(config_cls, cls)}
         else:
             args = (ConfigNamespace.from_dict(values),)
             style = "a config object (attribute and key access)"
+            recipe = {"call": "namespace", "config": dict(values)}
     else:
         kwargs = {p.name: values[p.name] for p in named if p.name in values}
         if var_kw:
@@ -190,12 +205,22 @@ def construct(cls: type, values: dict[str, Any], vocab_size: int | None,
                 f"{cls.__name__}({', '.join(p.name for p in named)}) needs {', '.join(missing)}, "
                 f"which config.json does not have: add {' and '.join(map(repr, missing))} to it.")
         style = "keyword arguments from config.json"
+        recipe = {"call": "kwargs", "names": list(kwargs), "config": {**values, **kwargs}}
     try:
         model = cls(*args, **kwargs)
     except Exception as err:  # any failure of the export's constructor is reported, never masked
         raise ModelLoadError(f"Building {cls.__name__} from config.json ({style}) failed"
                              f"{_where(err, path)}: {type(err).__name__}: {err}") from err
-    return model, style
+    return model, style, recipe
+
+
+def _module_name_of(obj: type, cls: type) -> str:
+    """The name under which model.py's module holds ``obj`` (it may be imported under an alias)."""
+    module = sys.modules.get(cls.__module__)
+    for name, value in vars(module).items() if module is not None else ():
+        if value is obj:
+            return name
+    return obj.__name__
 
 
 def _input_keyword(model: nn.Module) -> str | None:
@@ -255,6 +280,18 @@ def logits_of(out: Any) -> torch.Tensor:
     return out
 
 
+def logits_access(out: Any) -> str:
+    """Where :func:`logits_of` found the logits in ``out``, as Python source for a README:
+    ``""`` (the output is the logits), ``"[0]"``, ``'["logits"]'`` or ``".logits"``."""
+    if isinstance(out, (tuple, list)) and out:
+        return "[0]"
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            return '["logits"]'
+        return f"[{next(k for k, v in out.items() if isinstance(v, torch.Tensor))!r}]"
+    return "" if isinstance(out, torch.Tensor) else ".logits"
+
+
 class ExportedModel(nn.Module):
     """An exported model behind the trainer's contract: ids [B, T] -> logits [B, T, vocab].
 
@@ -271,10 +308,13 @@ class ExportedModel(nn.Module):
         self.block_size = block_size
         self.source_info = dict(source_info or {})
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _call_inner(self, input_ids: torch.Tensor) -> Any:
         if self.input_keyword is None:
-            return logits_of(self.inner(input_ids))
-        return logits_of(self.inner(**{self.input_keyword: input_ids}))
+            return self.inner(input_ids)
+        return self.inner(**{self.input_keyword: input_ids})
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return logits_of(self._call_inner(input_ids))
 
     @torch.no_grad()
     def dry_run(self, expected_vocab: int | None = None, path: Path | None = None,
@@ -293,7 +333,10 @@ class ExportedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits = self(ids)
+            out = self._call_inner(ids)
+            logits = logits_of(out)
+            self.source_info.setdefault("recipe", {}).update(
+                input=self.input_keyword, output=logits_access(out))
         except ModelLoadError:
             raise
         except Exception as err:  # the export's forward failed: report where and why
@@ -337,7 +380,8 @@ def _find_block_size(values: Mapping[str, Any], inner: nn.Module) -> int | None:
 
 
 def _load(src: ModelSource, *, trust: bool, vocab_size: int | None, cache_dir: Path | None,
-          api_base: str, timeout: float, verbose: bool) -> ExportedModel:
+          api_base: str, timeout: float, verbose: bool,
+          require_trust: bool = False) -> ExportedModel:
     def say(text: str) -> None:
         if verbose:
             print(text)
@@ -362,13 +406,20 @@ def _load(src: ModelSource, *, trust: bool, vocab_size: int | None, cache_dir: P
     header = "\n".join([f"Exported model from {title}",
                         *(f"  {n:<{width}}  sha256 {h}" for n, h in hashes.items()),
                         f"  class: {class_name} ({how})"])
-    say(header)
+    # Code that is not the user's own: its hashes are shown even when quiet, before it runs.
+    if verbose or src.kind == "gist" or require_trust:
+        print(header)
     if src.kind == "gist" and not trust:
         raise ModelLoadError(
             f"Not running the code of Gist {src.gist_id}: loading it executes its model.py on "
             f"this machine, with access to your files and Drive.\n{header}\nRead model.py at "
             f"https://gist.github.com/{src.gist_id} (check that its SHA-256 matches), then tick "
             "the notebook's 'trust this code' checkbox, or pass trust=True.")
+    if require_trust and not trust:
+        raise ModelLoadError(
+            f"Not running the code in {folder}: loading it executes its model.py on this "
+            f"machine, with access to your files and Drive.\n{header}\nRead {model_path} (check "
+            "that its SHA-256 is the one its author gave you), then pass trust=True.")
 
     module = _import(model_path, hashes["model.py"])
     cls = getattr(module, class_name, None)
@@ -378,10 +429,10 @@ def _load(src: ModelSource, *, trust: bool, vocab_size: int | None, cache_dir: P
     values = dict(config)
     for note in _vocab_override(values, vocab_size):
         say(f"  config: {note}")
-    inner, style = construct(cls, values, vocab_size, model_path)
+    inner, style, recipe = construct(cls, values, vocab_size, model_path)
     if next(inner.parameters(), None) is None:
         raise ModelLoadError(f"{class_name} has no parameters, so there is nothing to train.")
-    info["constructed_with"] = style
+    info.update(constructed_with=style, recipe={"class": class_name, **recipe})
     model = ExportedModel(inner, block_size=_find_block_size(values, inner), source_info=info)
     model.dry_run(vocab_size, model_path, config_vocab=any(k in values for k in VOCAB_KEYS))
     n_params = sum(p.numel() for p in model.parameters())
@@ -400,16 +451,19 @@ def load_exported_model(
     api_base: str = GITHUB_API,
     timeout: float = 10.0,
     verbose: bool = True,
+    require_trust: bool = False,
 ) -> ExportedModel:
     """Load a Transformer Builder export from a Gist id/URL or a local folder.
 
     ``vocab_size`` is the tokenizer's: it overrides config.json's vocab key and the model's
     output must match it. A Gist's code only runs with ``trust=True``; a local folder holds the
-    user's own files and is trusted. Raises ModelLoadError (never falls back to another model).
+    user's own files and is trusted, unless ``require_trust`` says it is someone else's (a
+    bundle). Raises ModelLoadError (never falls back to another model).
     """
     src = parse_source(source, revision)
     return _load(src, trust=trust, vocab_size=vocab_size, cache_dir=cache_dir,
-                 api_base=api_base, timeout=timeout, verbose=verbose)
+                 api_base=api_base, timeout=timeout, verbose=verbose,
+                 require_trust=require_trust)
 
 
 def model_from_config(

@@ -185,13 +185,13 @@ class GPT(nn.Module):
         return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * T
 
 
-def build_model(config: TrainingConfig | Any, vocab_size: int | None = None) -> GPT:
-    """A GPT sized by a TrainingConfig (read by attribute only).
+def gpt_config(config: TrainingConfig | Any, vocab_size: int | None = None) -> GPTConfig:
+    """The GPTConfig a TrainingConfig (read by attribute only) describes.
 
     vocab_size wins over config.vocab_size because the tokenizer, not the form, knows the real
-    vocabulary. Seeds nothing: the trainer seeds before building so init is reproducible.
+    vocabulary.
     """
-    cfg = GPTConfig(
+    return GPTConfig(
         vocab_size=int(vocab_size if vocab_size is not None else config.vocab_size),
         block_size=int(config.block_size),
         n_layers=int(config.n_layers),
@@ -200,7 +200,14 @@ def build_model(config: TrainingConfig | Any, vocab_size: int | None = None) -> 
         d_ff=int(getattr(config, "d_ff", 0) or 0),
         dropout=float(getattr(config, "dropout", 0.0)),
     )
-    return GPT(cfg)
+
+
+def build_model(config: TrainingConfig | Any, vocab_size: int | None = None) -> GPT:
+    """A GPT sized by a TrainingConfig (see :func:`gpt_config`).
+
+    Seeds nothing: the trainer seeds before building so init is reproducible.
+    """
+    return GPT(gpt_config(config, vocab_size))
 
 
 def _as_logits(out: Any) -> torch.Tensor:
