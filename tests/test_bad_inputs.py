@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -39,6 +42,7 @@ class Case:
 
 LIBRARY: list[Case] = []
 CLI: list[Case] = []
+DEGRADES: list[Case] = []
 
 
 def refuses(error: type[BaseException], *says: str, id: str | None = None) -> Callable:
@@ -55,6 +59,17 @@ def cli_refuses(code: int, *says: str, id: str | None = None) -> Callable:
     return ``code`` and print ``says`` to stderr ("error: ..."), without a traceback."""
     def register(setup: Callable) -> Callable:
         CLI.append(Case(id or setup.__name__, setup, code, says))
+        return setup
+    return register
+
+
+def degrades(*says: str, id: str | None = None) -> Callable:
+    """Register a case of something optional that is missing (a key, a package, the network):
+    ``setup(tmp_path, monkeypatch)`` returns a callable that must *not* raise (it may assert on
+    what it got back) and must print every one of ``says``: what is off, why, and how to turn
+    it on. Degrading loudly, never crashing, and never silently."""
+    def register(setup: Callable) -> Callable:
+        DEGRADES.append(Case(id or setup.__name__, setup, 0, says))
         return setup
     return register
 
@@ -122,6 +137,18 @@ def test_cli_refuses_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.M
     assert_unchanged(before, snapshot(tmp_path))
 
 
+@pytest.mark.parametrize("case", DEGRADES, ids=lambda c: c.id)
+def test_optional_things_degrade_loudly(case: Case, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    act = case.setup(tmp_path, monkeypatch)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    act()
+    assert_says(capsys.readouterr().out, case.says)
+    assert_unchanged(before, snapshot(tmp_path))
+
+
 # ============================================================ experiment database (db files)
 # experiment_db.py, db_schema.py: a file that is not a whole database is reported, and kept
 # exactly as it was (with its -wal), so that following the advice never loses a row.
@@ -169,7 +196,8 @@ def db_path_is_a_directory(tmp_path, monkeypatch):
 
 
 @refuses(ExperimentDBError, "not a readable experiment database", "SQLite header",
-         "left untouched", "move experiments.db into a new folder", "-wal")
+         "left untouched", "move experiments.db into a new folder", "experiments.db-wal and "
+         "experiments.db-shm", "keep the names")
 def db_is_random_bytes(tmp_path, monkeypatch):
     path = tmp_path / "ws" / "experiments.db"
     path.parent.mkdir()
@@ -607,7 +635,8 @@ def checkpoint_whose_pickle_would_run_code(tmp_path, monkeypatch):
     return _loads(path)
 
 
-@refuses(_checkpoint_error(), "disk is full", "previous checkpoint", "is intact")
+@refuses(_checkpoint_error(), "disk is full", "previous checkpoint", "is intact",
+         "Free some space")
 def checkpoint_written_on_a_full_disk(tmp_path, monkeypatch):
     import errno
     import os
@@ -685,7 +714,730 @@ def config_saved_on_a_full_disk(tmp_path, monkeypatch):
     return lambda: TrainingConfig(run_name="full").save(tmp_path / "configs")
 
 
+# ======================================================================= config values
+# training_config.py. validate() reports every problem at once, each with its fix, so a person
+# editing a form fixes them all in one go; nothing is saved until the config is clean.
+
+
+def _config(**fields: Any) -> Callable[[], Any]:
+    from utils.training.training_config import TrainingConfig
+
+    return lambda: TrainingConfig(**fields).validate()
+
+
+@refuses(_config_error(), "5 problems", "learning_rate = 'fast': must be a number",
+         "batch_size = 2.5: must be a whole number", "epochs = 0: must be >= 1",
+         "precision = 'fp8': must be one of auto, bf16, fp16, fp32",
+         "dropout = 1.0: must be >= 0 and < 1")
+def config_five_problems_listed_at_once(tmp_path, monkeypatch):
+    return _config(learning_rate="fast", batch_size=2.5, epochs=0, precision="fp8", dropout=1.0)
+
+
+@refuses(_config_error(), "learning_rate = nan", "must be a finite number")
+def config_learning_rate_not_a_number(tmp_path, monkeypatch):
+    return _config(learning_rate=float("nan"))
+
+
+@refuses(_config_error(), "epochs = True", "whole number", "True/False are not numbers here")
+def config_true_given_for_a_number(tmp_path, monkeypatch):
+    return _config(epochs=True)
+
+
+@refuses(_config_error(), "compile = 'yes'", "must be True or False")
+def config_string_given_for_a_checkbox(tmp_path, monkeypatch):
+    return _config(compile="yes")
+
+
+@refuses(_config_error(), "warmup_ratio = 0.9", "<= 0.5", "a fraction of all optimizer steps")
+def config_warmup_longer_than_half_the_run(tmp_path, monkeypatch):
+    return _config(warmup_ratio=0.9)
+
+
+@refuses(_config_error(), "d_model = 100", "divisible by n_heads = 3", "e.g. n_heads = 2")
+def config_heads_that_do_not_divide_the_width(tmp_path, monkeypatch):
+    return _config(d_model=100, n_heads=3)
+
+
+@refuses(_config_error(), "data_path = '  '", "required when data_source = 'local'",
+         "give a file, folder or glob")
+def config_local_data_without_a_path(tmp_path, monkeypatch):
+    return _config(data_source="local", data_path="  ")
+
+
+@refuses(_config_error(), "model_ref = ''", "required when model_source = 'gist'",
+         "give a Gist id or URL")
+def config_gist_model_without_a_ref(tmp_path, monkeypatch):
+    return _config(model_source="gist")
+
+
+@refuses(_config_error(), "model_source = 'hub'", "must be one of builtin, gist, folder")
+def config_unknown_model_source(tmp_path, monkeypatch):
+    return _config(model_source="hub")
+
+
+@refuses(_config_error(), "tokenizer = 'sentencepiece'",
+         "one of bpe, char, byte or a path to a tokenizer.json")
+def config_unknown_tokenizer(tmp_path, monkeypatch):
+    return _config(tokenizer="sentencepiece")
+
+
+@refuses(_config_error(), "vocab_size = 100", ">= 257 for a byte-level BPE")
+def config_bpe_vocabulary_smaller_than_its_bytes(tmp_path, monkeypatch):
+    return _config(tokenizer="bpe", vocab_size=100, data_source="local", data_path="notes.txt")
+
+
+@refuses(_config_error(), "synthetic_tokens = 1000", "too few for one validation block",
+         "use at least 5130")
+def config_synthetic_data_smaller_than_a_validation_block(tmp_path, monkeypatch):
+    return _config(synthetic_tokens=1000, block_size=512)
+
+
+@refuses(_config_error(), "resume = ''", "'auto', 'never' or the path of a checkpoint")
+def config_empty_resume(tmp_path, monkeypatch):
+    return _config(resume="")
+
+
+@refuses(_config_error(), "run_name = '../x'", "A-Z a-z 0-9 . _ -", "start with a letter or digit")
+def config_run_name_that_would_leave_the_workspace(tmp_path, monkeypatch):
+    return _config(run_name="../x")
+
+
+@refuses(_config_error(), "run_name = '../../outside/x'", "cannot be used as a file name",
+         "A-Z a-z 0-9 . _ -")
+def config_saved_under_an_unsafe_run_name(tmp_path, monkeypatch):
+    from utils.training.training_config import TrainingConfig
+
+    (tmp_path / "ws" / "configs").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    return lambda: TrainingConfig(run_name="../../outside/x").save(tmp_path / "ws" / "configs")
+
+
+@refuses(_config_error(), "'epocs': unknown config field", "did you mean 'epochs'")
+def config_replace_with_a_misspelt_field(tmp_path, monkeypatch):
+    from utils.training.training_config import TrainingConfig
+
+    return lambda: TrainingConfig().replace(epocs=3)
+
+
+@refuses(_config_error(), "Cannot load training config", "expected a JSON object of config "
+         "fields, got list")
+def config_file_holding_a_list(tmp_path, monkeypatch):
+    from utils.training.training_config import TrainingConfig
+
+    (tmp_path / "run.json").write_text("[3, 4]")
+    return lambda: TrainingConfig.load(tmp_path / "run.json")
+
+
+@refuses(_config_error(), "mode = 'turbo'", "fast, balanced, quality")
+def config_preset_of_an_unknown_mode(tmp_path, monkeypatch):
+    from utils.training.training_config import TrainingConfig
+
+    return lambda: TrainingConfig.preset("turbo")
+
+
+# ======================================================================== form strings
+# notebook.py: what the cells pass on from their @param forms (a dropdown's string, a --set
+# value for `run-notebook`), refused before any kernel starts or any file is read.
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "training.ipynb"
+
+
+def _run_notebook_with(**values: str) -> Callable[[Path, pytest.MonkeyPatch], Callable]:
+    def setup(tmp_path, monkeypatch):
+        from utils.training.notebook import run_notebook
+
+        return lambda: run_notebook(NOTEBOOK, values, output=tmp_path / "executed.ipynb")
+    return setup
+
+
+@refuses(_config_error(), "data_source = 'gdrive'",
+         "choose one of huggingface, drive, upload, local, synthetic")
+def form_data_choice_of_an_unknown_source(tmp_path, monkeypatch):
+    from utils.training.notebook import DataChoice
+
+    return lambda: DataChoice("gdrive")
+
+
+@refuses(_config_error(), "mode = 'turbo'", "choose one of fast, balanced, quality")
+def form_apply_an_unknown_mode(tmp_path, monkeypatch):
+    from utils.training.notebook import apply_mode
+    from utils.training.training_config import TrainingConfig
+
+    return lambda: apply_mode(TrainingConfig(), "turbo")
+
+
+for _field, _value, _says in (
+        ("epochs", "many", ("epochs = 'many'", "takes a whole number", "--set epochs=0")),
+        ("learning_rate", "fast", ("learning_rate = 'fast'", "takes a number",
+                                   "--set learning_rate=0.001")),
+        ("use_drive", "maybe", ("use_drive = 'maybe'", "true or false", "--set use_drive=true"))):
+    refuses(_config_error(), "Bad --set value", *_says, id=f"form-set-{_field}-wrong-type")(
+        _run_notebook_with(**{_field: _value}))
+
+refuses(_config_error(), "Bad --set value", "epoch: no form field of that name in training.ipynb",
+        id="form-set-unknown-field")(_run_notebook_with(epoch="3"))
+
+
+@refuses(_config_error(), "Bad --set value", "'epochs': write --set name=value")
+def form_set_without_equals(tmp_path, monkeypatch):
+    from utils.training.notebook import parse_sets
+
+    return lambda: parse_sets(["epochs"])
+
+
+# ========================================================================== data files
+# data/sources.py, data/text.py: a file that holds no usable text is refused naming the file and
+# what to do; the user's files are only read, and nothing is cached from a refused source.
+
+
+def _data_error() -> type[BaseException]:
+    from utils.training.data import DataError
+
+    return DataError
+
+
+def _loads_text(data_source: str = "local", **fields: Any) -> Callable[..., Callable]:
+    """A case that loads ``fields["data_path"]`` (relative: a file under tmp_path/data)."""
+    def setup(tmp_path, monkeypatch):
+        from utils.training.data import load_text_data
+        from utils.training.training_config import TrainingConfig
+
+        ws = _workspace(tmp_path)
+        path = fields.get("data_path", "")
+        if data_source != "drive" and path and not Path(path).is_absolute():
+            path = str(tmp_path / "data" / path)
+        config = TrainingConfig(data_source=data_source, **{**fields, "data_path": path})
+        return lambda: load_text_data(config, ws)
+    return setup
+
+
+def data_file(name: str, content: str | bytes) -> Callable:
+    """Decorator: write tmp_path/data/<name> before the case's own setup."""
+    def wrap(setup: Callable) -> Callable:
+        def with_file(tmp_path, monkeypatch):
+            path = tmp_path / "data" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+            return setup(tmp_path, monkeypatch)
+        with_file.__name__ = setup.__name__
+        return with_file
+    return wrap
+
+
+def _data_case(name: str, content: str | bytes | None, *says: str, id: str = "",
+               **fields: Any) -> None:
+    """A file ``name`` holding ``content`` (None: no file), loaded as ``fields`` say."""
+    setup = _loads_text(**fields)
+    if content is not None:
+        setup = data_file(name, content)(setup)
+    refuses(_data_error(), *says, id=f"data-{id or name.replace('.', '-')}")(setup)
+
+
+_data_case("missing.txt", None, "No data found", "missing.txt", "check that it exists",
+           data_path="missing.txt")
+_data_case("empty.txt", "", "empty.txt is empty", "non-empty UTF-8 text", data_path="empty.txt")
+_data_case("blank.txt", "  \n\n\t\n", "blank.txt is empty", "non-empty UTF-8 text",
+           data_path="blank.txt")
+_data_case("junk.txt", bytes(range(256)) * 40, "junk.txt looks like a binary file",
+           "point data_path at text files", data_path="junk.txt")
+_data_case("latin1.txt", "café au lait ".encode("latin-1") * 50, "latin1.txt is not UTF-8",
+           "convert it to UTF-8", data_path="latin1.txt")
+_data_case("numbers.csv", "a,b\n1,2\n3,4\n", "no text column", "columns: ['a', 'b']",
+           "string column", data_path="numbers.csv")
+_data_case("blank-text.csv", "id,text\n1,\n2,\n3,\n", "every row of column 'text' is empty",
+           "set text_column", data_path="blank-text.csv")
+_data_case("two-texts.csv", "title,body\nhello there,world wide\nfoo bar,baz qux\n",
+           "several text columns ['title', 'body']", "set text_column", data_path="two-texts.csv")
+_data_case("other-column.csv", "text\nhello\nworld\n", "text_column='body' is not a column",
+           "its columns are ['text']", "Set text_column", data_path="other-column.csv",
+           text_column="body")
+_data_case("header-only.csv", "text\n", "holds no csv records", "at least one row",
+           data_path="header-only.csv")
+_data_case("zero-bytes.csv", "", "zero-bytes.csv is empty", "give a csv file with data",
+           data_path="zero-bytes.csv")
+_data_case("mixed.jsonl", '{"text": "hello world"}\n{"body": "other key"}\n{"text": "again"}\n',
+           "keeps its text under different keys", "'body' in 1 rows", "rename 'body' to 'text'",
+           data_path="mixed.jsonl")
+_data_case("cut-off.jsonl", '{"text": "hello"}\n{"text": \n', "Cannot read", "as json",
+           "Check that the file is valid json", data_path="cut-off.jsonl")
+_data_case("sheet.xlsx", b"PK\x03\x04not really a workbook", ".xlsx files are not a supported "
+           "format", "Use text files", data_path="sheet.xlsx")
+_data_case("notes.txt", "some notes", "No data found", "*.md", "a glob such as",
+           id="glob-matching-nothing", data_path="*.md")
+_data_case("notes.txt", "some notes", "No data found", "[notes", "a glob such as",
+           id="glob-that-is-malformed", data_path="[notes")
+
+
+@refuses(_data_error(), "holds files of different kinds", "csv: b.csv; text: a.txt",
+         "with a glob such as")
+@data_file("both/b.csv", "text\nhello\n")
+@data_file("both/a.txt", "hello")
+def data_folder_of_two_kinds(tmp_path, monkeypatch):
+    return _loads_text(data_path="both")(tmp_path, monkeypatch)
+
+
+@refuses(_data_error(), "data_path='../outside/secret.txt' leaves the workspace",
+         "'MyDrive/<folder>/<file>'", "absolute path")
+def data_drive_path_leaving_the_workspace(tmp_path, monkeypatch):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not for training " * 50)
+    return _loads_text("drive", data_path="../outside/secret.txt")(tmp_path, monkeypatch)
+
+
+@refuses(_data_error(), "outside Colab has no upload dialog", "set data_path to the file")
+def data_upload_with_no_dialog_and_no_path(tmp_path, monkeypatch):
+    return _loads_text("upload", data_path="")(tmp_path, monkeypatch)
+
+
+@refuses(_data_error(), "Cannot reach the Hugging Face Hub", "'no-such/dataset'",
+         "data_source='local', 'drive' or 'upload'", "'synthetic'", "HF_HUB_OFFLINE=1")
+def data_hub_dataset_without_a_network(tmp_path, monkeypatch):
+    import datasets
+
+    from utils.training.data import sources
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "_in_hf_cache", lambda name: False)
+    return _loads_text("huggingface", dataset_name="no-such/dataset")(tmp_path, monkeypatch)
+
+
+@refuses(_data_error(), "data_source='gdrive' is not known",
+         "huggingface, drive, upload, local, synthetic")
+def data_unknown_source(tmp_path, monkeypatch):
+    return _loads_text("gdrive")(tmp_path, monkeypatch)
+
+
+# ===================================================================== tokenizer files
+# data/tokenizer.py: a tokenizer.json that is not one (cut off, another JSON file, another
+# library's format, or one of ours with parts missing) names the file and the choices.
+
+TOKENIZER_FIX = "Point tokenizer at a Hugging Face tokenizer.json"
+
+
+def _tokenizer_case(name: str, content: str | bytes | None, *says: str) -> None:
+    def setup(tmp_path, monkeypatch):
+        from utils.training.data import build_tokenizer
+        from utils.training.training_config import TrainingConfig
+
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            path.write_text(content)
+        return lambda: build_tokenizer(TrainingConfig(tokenizer=str(path)), [])
+    refuses(_data_error(), name, *says, TOKENIZER_FIX,
+            id=f"tokenizer-{name.removesuffix('.json')}")(setup)
+
+
+_tokenizer_case("cut-off.json", '{"model": {"type": "BPE", "vocab": {"a": 0,',
+                "not valid JSON", "line 1")
+_tokenizer_case("config.json", json.dumps({"epochs": 3, "vocab_size": 16}), 'no "model" entry')
+_tokenizer_case("list.json", "[1, 2, 3]", "holds a JSON list, not an object")
+_tokenizer_case("binary.json", b"\xff\xfe\x00\x01garbage", "not UTF-8 text")
+_tokenizer_case("model-string.json", json.dumps({"model": "gpt2"}),
+                "that this version of the tokenizers library can read")
+_tokenizer_case("pre-string.json", json.dumps({"model": {"type": "BPE", "vocab": {}},
+                                               "pre_tokenizer": "ByteLevel"}),
+                "that this version of the tokenizers library can read")
+_tokenizer_case("unknown-model.json", json.dumps({"model": {"type": "Nope"}}),
+                "that this version of the tokenizers library can read")
+_tokenizer_case("old-char.json", json.dumps({"type": "char"}),
+                "'char' tokenizer is incomplete", "'chars' entry is missing")
+_tokenizer_case("old-identity.json", json.dumps({"type": "identity", "vocab_size": "many"}),
+                "'identity' tokenizer is incomplete")
+_tokenizer_case("old-newer.json", json.dumps({"type": "sentencepiece"}),
+                "Unknown tokenizer type 'sentencepiece'", "newer version")
+_tokenizer_case("missing.json", None, "No tokenizer file at")
+
+
+@refuses(_data_error(), "No tokenizer file at", TOKENIZER_FIX)
+def tokenizer_path_that_is_a_folder(tmp_path, monkeypatch):
+    from utils.training.data import load_tokenizer
+
+    (tmp_path / "tok.json").mkdir()
+    return lambda: load_tokenizer(tmp_path / "tok.json")
+
+
+# ======================================================================= model exports
+# models/export_source.py, models/exported.py: an export that cannot be read, built or trained is
+# refused with where and why; a Gist's code never runs without trust; nothing is written into
+# the export's folder (no __pycache__).
+
+GOOD_MODEL = '''import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, vocab_size=16, d_model=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, d_model)
+        self.out = nn.Linear(d_model, vocab_size)
+
+    def forward(self, ids):
+        return self.out(self.emb(ids))
+'''
+GOOD_CONFIG: dict[str, Any] = {"vocab_size": 16, "d_model": 8}
+
+
+def _model_error() -> type[BaseException]:
+    from utils.training.models import ModelLoadError
+
+    return ModelLoadError
+
+
+def export_folder(root: Path, model: str | None = GOOD_MODEL,
+                  config: str | dict | None = None) -> Path:
+    folder = root / "export"
+    folder.mkdir()
+    if model is not None:
+        (folder / "model.py").write_text(model)
+    config = GOOD_CONFIG if config is None else config
+    if config != "":
+        (folder / "config.json").write_text(config if isinstance(config, str)
+                                            else json.dumps(config))
+    return folder
+
+
+def _loads_export(model: str | None = GOOD_MODEL, config: str | dict | None = None,
+                  **kwargs: Any) -> Callable:
+    def setup(tmp_path, monkeypatch):
+        from utils.training.models import load_exported_model
+
+        folder = export_folder(tmp_path, model, config)
+        return lambda: load_exported_model(folder, verbose=False, **kwargs)
+    return setup
+
+
+refuses(_model_error(), "has no model.py", "(it holds: config.json)",
+        "needs model.py and config.json side by side", id="export-folder-without-model-py")(
+    _loads_export(model=None))
+refuses(_model_error(), "has no config.json", "(it holds: model.py)",
+        "needs model.py and config.json side by side", id="export-folder-without-config-json")(
+    _loads_export(config=""))
+refuses(_model_error(), "config.json is not valid JSON", "line 1",
+        "Fix the file or export it again", id="export-config-json-cut-off")(
+    _loads_export(config='{"vocab_size": 16,'))
+refuses(_model_error(), "config.json must hold a JSON object", "not a list",
+        id="export-config-json-a-list")(_loads_export(config="[16, 8]"))
+refuses(_model_error(), "Running model.py failed", "model.py line 14",
+        "RuntimeError: the export was cut short", "Fix model.py there", "export it again",
+        id="export-model-py-raises-on-import")(
+    _loads_export(GOOD_MODEL + "\nraise RuntimeError('the export was cut short')\n"))
+refuses(_model_error(), "needs 'flash_attn_not_here'", "!pip install",
+        "put it next to model.py", id="export-model-py-needs-a-missing-package")(
+    _loads_export("import flash_attn_not_here\n" + GOOD_MODEL))
+refuses(_model_error(), "syntax error on line 1", "Fix model.py, or export it again",
+        id="export-model-py-syntax-error")(_loads_export("class Tiny(nn.Module:\n"))
+refuses(_model_error(), "defines no nn.Module class", '"model_name"',
+        id="export-model-py-without-a-module")(_loads_export("x = 1\n", {}))
+refuses(_model_error(), "Empty has no parameters", "nothing to train",
+        "must create its layers", id="export-model-without-parameters")(
+    _loads_export("from torch import nn\n\n\nclass Empty(nn.Module):\n"
+                  "    def forward(self, ids):\n        return ids.float().unsqueeze(-1)\n", {}))
+refuses(_model_error(), "outputs shape [1, 1, 16]", "return logits for every position",
+        id="export-model-returning-the-last-position-only")(
+    _loads_export(GOOD_MODEL.replace("self.emb(ids))", "self.emb(ids))[:, -1:]")))
+refuses(_model_error(), "config.json class_name = 'Big'", "defines no such class",
+        "(it has: Tiny)", id="export-config-naming-a-missing-class")(
+    _loads_export(config={**GOOD_CONFIG, "class_name": "Big"}))
+
+GIST_ID = "0123456789abcdef0123456789abcdef"
+GIST_REVISION = "a" * 40
+
+
+@refuses(_model_error(), f"Not running the code of Gist {GIST_ID}", "sha256",
+         "'trust this code' checkbox", "trust=True")
+def export_gist_without_trust(tmp_path, monkeypatch):
+    from utils.training.models import load_exported_model
+
+    cached = tmp_path / "cache" / "gists" / f"{GIST_ID}-{GIST_REVISION}"  # no network needed
+    cached.mkdir(parents=True)
+    (cached / "model.py").write_text(GOOD_MODEL + "\nopen('pwned', 'w').close()\n")
+    (cached / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    monkeypatch.chdir(tmp_path)  # were model.py run, "pwned" would appear here
+    url = f"https://gist.github.com/someone/{GIST_ID}/{GIST_REVISION}"
+    return lambda: load_exported_model(url, cache_dir=tmp_path / "cache", verbose=False)
+
+
+@refuses(_model_error(), "model_source = 'gist'", "is a local folder",
+         "set model_source = 'folder'")
+def export_folder_given_as_a_gist(tmp_path, monkeypatch):
+    from utils.training.models import model_from_config
+    from utils.training.training_config import TrainingConfig
+
+    folder = export_folder(tmp_path)
+    config = TrainingConfig(model_source="gist", model_ref=str(folder))
+    return lambda: model_from_config(config, vocab_size=16, verbose=False)
+
+
+@refuses(_model_error(), "block_size = 64", "context of 16 tokens", "set block_size to 16")
+def export_trained_beyond_its_context(tmp_path, monkeypatch):
+    from utils.training.models import model_from_config
+    from utils.training.training_config import TrainingConfig
+
+    folder = export_folder(tmp_path, config={**GOOD_CONFIG, "block_size": 16})
+    config = TrainingConfig(model_source="folder", model_ref=str(folder), block_size=64)
+    return lambda: model_from_config(config, vocab_size=16, verbose=False)
+
+
+# ================================================================================ W&B
+# wandb_setup.py: no key, no package or no server never stops training: the run goes offline
+# (or off) and says why and how to sync. A config W&B needs (a project) is refused up front.
+
+
+class _FakeWandb(types.ModuleType):
+    """The wandb package without a network: ``init`` fails with ``fail[mode]`` when given."""
+
+    def __init__(self, **fail: str) -> None:
+        super().__init__("wandb")
+        self.errors = SimpleNamespace(Error=type("Error", (Exception,), {}))
+        self.fail = fail
+        self.modes: list[str] = []
+
+    def Settings(self, **kwargs: Any) -> SimpleNamespace:  # noqa: N802 - the real one is a class
+        return SimpleNamespace(**kwargs)
+
+    def init(self, mode: str, settings: Any, **kwargs: Any) -> SimpleNamespace:
+        self.modes.append(mode)
+        if mode in self.fail:
+            raise self.errors.Error(self.fail[mode])
+        return SimpleNamespace(id="r1", url="https://wandb.example/r1",
+                               settings=SimpleNamespace(sync_dir="/elsewhere/offline-run-1"))
+
+    def teardown(self) -> None:
+        pass
+
+
+def _headless_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wandb: Any = None,
+                    key: str | None = None) -> Any:
+    """A kernel nobody can type into (nbclient, a job), outside Colab, with no W&B key unless
+    ``key``; ``wandb`` stands in for the package (None: not installed)."""
+    from utils.training import wandb_setup
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if key:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-env"))  # a fake writes nothing there
+    monkeypatch.setattr(wandb_setup, "_we_set_offline", False)
+    monkeypatch.setattr(wandb_setup, "_remembered", None)
+    monkeypatch.setattr(wandb_setup, "in_colab", lambda: False)
+    monkeypatch.setattr(wandb_setup, "server_reachable", lambda url, timeout=3.0: True)
+    kernel = SimpleNamespace(kernel=SimpleNamespace(_allow_stdin=False))
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=lambda: kernel))
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": pytest.fail("asked nobody"))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    return wandb_setup
+
+
+def _wandb_config(**changes: Any) -> Any:
+    from utils.training.training_config import TrainingConfig
+
+    return TrainingConfig(**{"run_name": "wb", "use_wandb": True, "wandb_project": "proj",
+                             **changes})
+
+
+@degrades("runs will log offline", "no API key", "cannot ask for one (nobody at the keyboard)",
+          "wandb sync", "set $WANDB_API_KEY or run `wandb login`")
+def wandb_cell_without_a_key_in_a_headless_kernel(tmp_path, monkeypatch):
+    fake = _FakeWandb()
+    wandb_setup = _headless_wandb(tmp_path, monkeypatch, fake)
+    ws = _workspace(tmp_path)
+
+    def act():
+        assert wandb_setup.setup_wandb(_wandb_config(), ws) == "offline" and fake.modes == []
+    return act
+
+
+@degrades("logging offline", "cannot ask for one", "wandb sync /elsewhere/offline-run-1")
+def wandb_run_without_a_key_in_a_headless_kernel(tmp_path, monkeypatch):
+    fake = _FakeWandb(online="never asked online")
+    wandb_setup = _headless_wandb(tmp_path, monkeypatch, fake)
+    ws = _workspace(tmp_path)
+
+    def act():
+        run = wandb_setup.init_wandb(_wandb_config(), directory=ws.root)
+        assert run.id == "r1" and fake.modes == ["offline"]
+    return act
+
+
+@degrades("could not start an online run", "Invalid project name 'my/project'",
+          "logging offline", "wandb sync")
+def wandb_project_name_the_server_refuses(tmp_path, monkeypatch):
+    fake = _FakeWandb(online="Invalid project name 'my/project': cannot contain '/'")
+    wandb_setup = _headless_wandb(tmp_path, monkeypatch, fake, key="k" * 40)
+    ws = _workspace(tmp_path)
+
+    def act():
+        run = wandb_setup.init_wandb(_wandb_config(wandb_project="my/project"),
+                                     directory=ws.root)
+        assert run.id == "r1" and fake.modes == ["online", "offline"]
+    return act
+
+
+@degrades("offline logging failed too", "training goes on without W&B",
+          "SQLite history and CSV files are unaffected")
+def wandb_that_cannot_even_log_offline(tmp_path, monkeypatch):
+    fake = _FakeWandb(offline="disk quota exceeded")
+    wandb_setup = _headless_wandb(tmp_path, monkeypatch, fake)
+    ws = _workspace(tmp_path)
+
+    def act():
+        assert isinstance(wandb_setup.init_wandb(_wandb_config(), directory=ws.root),
+                          wandb_setup.DisabledRun)
+    return act
+
+
+@degrades("wandb package is missing", "pip install wandb", "training goes on without W&B")
+def wandb_package_not_installed(tmp_path, monkeypatch):
+    wandb_setup = _headless_wandb(tmp_path, monkeypatch, wandb=None)
+    ws = _workspace(tmp_path)
+
+    def act():
+        run = wandb_setup.init_wandb(_wandb_config(), directory=ws.root)
+        assert isinstance(run, wandb_setup.DisabledRun)
+    return act
+
+
+@refuses(_config_error(), "wandb_project = ''", "required when use_wandb = True",
+         "give a W&B project name")
+def wandb_on_without_a_project(tmp_path, monkeypatch):
+    return _config(use_wandb=True, wandb_project="")
+
+
+@refuses(_config_error(), "wandb_tags = ['nlp', 3]", "must be a list of strings; 3 is a int")
+def wandb_tag_that_is_not_a_string(tmp_path, monkeypatch):
+    return _config(wandb_tags=["nlp", 3])
+
+
+# ======================================================================== search spaces
+# search_space.py, search.py: a space is checked whole before the first trial, every problem
+# with its fix, so a bad bound costs seconds, not trial 7 an hour later.
+
+
+def _space_error() -> type[BaseException]:
+    from utils.training.search_space import SearchSpaceError
+
+    return SearchSpaceError
+
+
+def _search_error() -> type[BaseException]:
+    from utils.training.search import SearchError
+
+    return SearchError
+
+
+def _parses(space: Any) -> Callable:
+    def setup(tmp_path, monkeypatch):
+        from utils.training.search_space import parse_space
+        from utils.training.training_config import TrainingConfig
+
+        return lambda: parse_space(space, TrainingConfig())
+    return setup
+
+
+for _id, _space, _says in (
+        ("unknown-parameter", {"learning_rat": (1e-4, 1e-2)},
+         ("'learning_rat' is not a TrainingConfig field", "did you mean 'learning_rate'",
+          "searchable fields")),
+        ("field-it-cannot-vary", {"epochs": (1, 5)},
+         ("'epochs' is a TrainingConfig field that a search cannot vary", "searchable fields")),
+        ("low-above-high", {"learning_rate": (1e-2, 1e-4, "log")},
+         ("low 0.01 is greater than high 0.0001", "swap them: (0.0001, 0.01, 'log')")),
+        ("unknown-distribution", {"learning_rate": (1e-4, 1e-2, "logarithmic")},
+         ("'log' or 'linear', not 'logarithmic'",)),
+        ("distribution-as-a-dict", {"dropout": {"low": 0.0, "high": 0.2}},
+         ("is not a range or a list of choices", "write (low, high)")),
+        ("log-range-from-zero", {"weight_decay": (0.0, 0.1, "log")},
+         ("log-scaled range needs low > 0", "or drop 'log'")),
+        ("choice-of-the-wrong-type", {"batch_size": [16, "32"]},
+         ("choice '32' is not allowed", "batch_size takes whole numbers")),
+        ("float-bound-for-an-int", {"n_layers": (2.5, 8)},
+         ("n_layers: low = 2.5 is not allowed", "takes whole numbers")),
+        ("bound-the-config-rejects", {"dropout": (0.0, 1.5)},
+         ("dropout = 1.5 would give an invalid config", "must be >= 0 and < 1")),
+        ("no-choices", {"batch_size": []}, ("no choices given", "list at least one value")),
+        ("equal-bounds", {"learning_rate": (1e-3, 1e-3)},
+         ("nothing to search", "set learning_rate=0.001 on the config")),
+        ("empty", {}, ("the space is empty", "give at least one field")),
+        ("not-a-dict", [("learning_rate", (1e-4, 1e-2))],
+         ("must be a dict of field -> range or choices, got list",)),
+        ("three-problems-at-once", {"learning_rat": (1e-4, 1e-2), "dropout": (0.3, 0.1),
+                                    "batch_size": []},
+         ("3 problems", "did you mean 'learning_rate'", "swap them", "no choices given"))):
+    refuses(_space_error(), *_says, id=f"search-space-{_id}")(_parses(_space))
+
+
+@refuses(_search_error(), "n_trials = 0", "a whole number >= 1")
+def search_with_no_trials(tmp_path, monkeypatch):
+    from utils.training.search import run_search
+    from utils.training.training_config import TrainingConfig
+
+    ws = _workspace(tmp_path)
+    return lambda: run_search(TrainingConfig(), ws, n_trials=0, verbose=False)
+
+
+# ======================================================================= more command line
+# The same refusals at a shell: exit 2 and one "error:" line, before a kernel starts, a file is
+# read for training, or anything is written.
+
+
+@cli_refuses(2, "Bad --set value", "epochs = 'many'", "takes a whole number", "--set epochs=0")
+def cli_run_notebook_with_a_wrong_type(tmp_path, monkeypatch):
+    return ["run-notebook", "--set", "epochs=many", "--output", tmp_path / "executed.ipynb"]
+
+
+@cli_refuses(2, "epoch: no form field of that name")
+def cli_run_notebook_with_an_unknown_form_field(tmp_path, monkeypatch):
+    return ["run-notebook", "--set", "epoch=3", "--output", tmp_path / "executed.ipynb"]
+
+
+@cli_refuses(2, "2 problems", "epochs = 0: must be >= 1", "dropout = 2.0: must be >= 0 and < 1")
+def cli_train_with_two_bad_values(tmp_path, monkeypatch):
+    ws = workspace_with_runs(tmp_path)
+    return ["train", "--workspace", ws, "--no-progress", *sets("epochs=0", "dropout=2")]
+
+
+@cli_refuses(2, "No data found", "missing.txt", "check that it exists")
+def cli_train_on_a_missing_file(tmp_path, monkeypatch):
+    ws = workspace_with_runs(tmp_path)
+    return ["train", "--workspace", ws, "--no-progress",
+            *sets("data_source=local", f"data_path={tmp_path / 'missing.txt'}")]
+
+
+@cli_refuses(2, "leaves the workspace", "MyDrive/<folder>/<file>")
+def cli_train_on_a_drive_path_leaving_the_workspace(tmp_path, monkeypatch):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "notes.txt").write_text("private notes " * 100)
+    ws = workspace_with_runs(tmp_path)
+    return ["train", "--workspace", ws, "--no-progress",
+            *sets("data_source=drive", "data_path=../../outside/notes.txt")]
+
+
+@cli_refuses(2, "cut-off.json", "not valid JSON", TOKENIZER_FIX)
+def cli_train_with_a_cut_off_tokenizer_json(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("hello world, some text to train on. " * 200)
+    (tmp_path / "cut-off.json").write_text('{"model": {"type": "BPE", "vocab": {')
+    ws = workspace_with_runs(tmp_path)
+    return ["train", "--workspace", ws, "--no-progress",
+            *sets("data_source=local", f"data_path={tmp_path / 'notes.txt'}",
+                  f"tokenizer={tmp_path / 'cut-off.json'}")]
+
+
+@cli_refuses(2, "n_trials = 0", "a whole number >= 1")
+def cli_search_with_no_trials(tmp_path, monkeypatch):
+    ws = workspace_with_runs(tmp_path)
+    return ["search", "--trials", "0", "--workspace", ws, *sets()]
+
+
 def test_the_catalogue_is_big_enough() -> None:
-    assert len(LIBRARY) + len(CLI) >= 30
-    assert len({c.id for c in LIBRARY + CLI}) == len(LIBRARY) + len(CLI)  # ids are unique
+    cases = LIBRARY + CLI + DEGRADES
+    assert len(cases) >= 60
+    assert len({c.id for c in cases}) == len(cases)  # ids are unique
 

@@ -598,4 +598,4 @@ def test_floor_3_imports_nothing_above_it():
         relative = {n.module or a.name for n in ast.walk(tree)
                     if isinstance(n, ast.ImportFrom) and n.level > 0 for a in n.names}
         assert absolute - {"__future__", "pandas"} <= set(sys.stdlib_module_names)
-        assert relative <= {"metric_names", "db_schema", "db_frames", "workspace"}
+        assert relative <= {"metric_names", "db_schema", "db_frames", "workspace", "errors"}

@@ -567,16 +567,54 @@ def test_warmup_then_cosine_schedule():
     assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)  # the floor
 
 
-def test_early_stopping_after_patience(tiny_config):
-    class WorseEveryEpoch(Callback):
-        def on_epoch_end(self, trainer, metrics):
-            # pretend validation got worse each epoch after the first
-            if metrics[M.EPOCH] > 1:
-                trainer.best_val_loss = -math.inf
+class WorseEveryEpoch(Callback):
+    def on_epoch_end(self, trainer, metrics):
+        # pretend validation got worse each epoch after the first
+        if metrics[M.EPOCH] > 1:
+            trainer.best_val_loss = -math.inf
 
+
+def test_early_stopping_after_patience(tiny_config):
     _, result = fit(tiny_config(epochs=10, early_stopping_patience=2), callbacks=[WorseEveryEpoch()])
     assert result.status == "early_stopped"
     assert result.epochs_completed < 10
+
+
+def test_rerun_of_an_early_stopped_run_is_finished_not_one_epoch_longer(tiny_config, workspace,
+                                                                         capsys):
+    """Each rerun of an early-stopped run used to train one more epoch (4, then 5, ...): the
+    checkpoint's count of flat epochs already meets the patience, so the run is finished."""
+    config = tiny_config(epochs=10, early_stopping_patience=2)
+    _, first = fit(config, workspace, [WorseEveryEpoch()])
+    assert first.status == "early_stopped" and first.epochs_completed == 4
+    files = [f.path.name for f in CheckpointManager(workspace.run_dir("tiny")).files()]
+    capsys.readouterr()
+    for _ in range(2):
+        trainer = prepare(config, workspace).trainer([WorseEveryEpoch()], progress=False)
+        trainer.resume()  # as the notebook's set-up cell does, before fit()
+        assert trainer.finished and trainer.stopped_early
+        again = trainer.fit()
+        assert (again.status, again.epochs_completed, again.global_step) == (
+            "already_finished", 4, first.global_step)
+        out = capsys.readouterr().out
+        assert out.count("already finished its 4 epochs (early stopping: val loss had not "
+                         "improved for 2 epochs") == 1
+        assert "nothing to train. Raise early_stopping_patience" in out and "Plan:" not in out
+    assert [f.path.name for f in CheckpointManager(workspace.run_dir("tiny")).files()] == files
+
+    # A history that lost the run's row records it again as what it was, not "completed".
+    from utils.training.experiment_db import ExperimentDB
+    from utils.training.session import TrainingSession
+
+    with ExperimentDB(workspace.db_path, verbose=False) as db:
+        session = TrainingSession.create(config, workspace, db=db, progress=False,
+                                         verbose=False, live_plot=False)
+        assert session.fit().status == "already_finished"
+        assert db.get_run(session.tracker.run_id)["status"] == M.EARLY_STOPPED
+
+    # More patience is a way to train on: the run continues from its checkpoint.
+    _, longer = fit(config.replace(early_stopping_patience=3), workspace)
+    assert longer.epochs_completed > 4 and longer.status != "already_finished"
 
 
 # ---------------------------------------------------------------- precision

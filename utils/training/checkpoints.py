@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .data import DataError, Tokenizer, load_tokenizer, tokenizer_from_dict
+from .errors import PersonFacing
 from .workspace import atomic_write
 
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NEARLY_FULL = 1 << 20  # bytes free at the moment a write failed: the disk was full
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PersonFacing, RuntimeError):
     """A checkpoint could not be written or read; the message names the file and what to do."""
 
 

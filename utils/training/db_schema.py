@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metric_names as M
+from .errors import PersonFacing
 from .workspace import pid_alive
 
 SCHEMA_VERSION = 3
@@ -89,7 +90,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
-class ExperimentDBError(RuntimeError):
+class ExperimentDBError(PersonFacing, RuntimeError):
     """The experiment database cannot do what was asked; the message names the file and the fix."""
 
 

@@ -39,6 +39,7 @@ from .checkpoints import (
 )
 from .data import load_tokenizer, tokenizer_from_dict
 from .data.tokenizer import save_tokenizer
+from .errors import PersonFacing
 from .models import ModelLoadError, build_model, generate, load_exported_model, parse_source
 from .models.export_source import file_hashes, read_config
 from .models.gpt import gpt_config
@@ -79,7 +80,7 @@ KINDS = ("checkpoints", "configs", "results", "bundles", "archives", "datasets",
          "other")
 
 
-class ExportError(ValueError):
+class ExportError(PersonFacing, ValueError):
     """A run or bundle that cannot be exported or loaded; the message says what to do."""
 
 

@@ -26,6 +26,7 @@ from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, N
 
 from . import metric_names as M
 from .callbacks import Callback
+from .errors import PersonFacing
 from .workspace import RESULT_SUFFIXES, atomic_write, check_name
 
 # Line colours (seaborn's "deep" palette, written out so this module needs no seaborn import).
@@ -35,7 +36,7 @@ BLUE, ORANGE, GREEN, RED, PURPLE, GREY = (
 _EPOCH_FIELDS = (M.TRAIN_LOSS, M.VAL_LOSS, M.TRAIN_PERPLEXITY, M.VAL_PERPLEXITY)
 
 
-class PlotError(ValueError):
+class PlotError(PersonFacing, ValueError):
     """A plotting input a person got wrong (bad argument, unknown file type, empty data)."""
 
 

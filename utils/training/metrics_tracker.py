@@ -31,6 +31,7 @@ import pandas as pd
 from . import gpu
 from . import metric_names as M
 from .callbacks import Callback
+from .errors import PersonFacing
 from .workspace import RESULT_SUFFIXES, atomic_write, check_name
 
 # A checkpoint keeps at most this many batch rows (evenly thinned beyond it): the database has
@@ -48,7 +49,7 @@ _STATUS = {M.COMPLETED: M.COMPLETED, M.EARLY_STOPPED: M.EARLY_STOPPED, M.STOPPED
            "already_finished": M.COMPLETED}
 
 
-class TrackingError(ValueError):
+class TrackingError(PersonFacing, ValueError):
     """The tracker was used in a way that cannot work; the message says how to call it."""
 
 

@@ -277,8 +277,11 @@ def _coerce(name: str, value: Any, old: Any) -> Any:
         if isinstance(old, float):
             return float(value)
     except ValueError as exc:
+        takes = ("true or false (or yes/no, 1/0)" if isinstance(old, bool)
+                 else "a whole number" if isinstance(old, int) else "a number")
+        example = str(old).lower() if isinstance(old, bool) else repr(old)
         raise ConfigError(
-            [f"{name} = {value!r}: the form field is a {type(old).__name__}"],
+            [f"{name} = {value!r}: the form field takes {takes}, e.g. --set {name}={example}"],
             header="Bad --set value",
         ) from exc
     return value

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .errors import PersonFacing
 from .training_config import ConfigError, TrainingConfig
 
 # Fields a search may vary: numbers that change how well the model learns. Not here on purpose:
@@ -40,7 +41,7 @@ WIDTH_SPACE: dict[str, Any] = {"d_model": [128, 192, 256, 384, 512]}
 _KINDS = {f.name: f.type for f in fields(TrainingConfig)}
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(PersonFacing, ValueError):
     """A search space a person got wrong; ``problems`` holds one line per problem with its fix."""
 
     def __init__(self, problems: str | list[str]) -> None:
@@ -53,7 +54,7 @@ class SearchSpaceError(ValueError):
         return type(self), (self.problems,)  # survives pickling into a worker process
 
 
-class SearchError(ValueError):
+class SearchError(PersonFacing, ValueError):
     """A search that cannot run or has no answer yet; the message says what to do."""
 
 

@@ -84,12 +84,15 @@ class TrainingSession:
             # Nothing will train: leave the run's DB row (its status and times) and its W&B
             # run closed; only a checkpoint whose row is gone gets a new, finished one.
             use_wandb = False
+            ended = M.EARLY_STOPPED if trainer.stopped_early else M.COMPLETED
             if db is not None and not _has_row(db, tracker.run_id, config.run_name):
                 tracker.run_id = db.start_run(config, tags=tags, study=study)
-                tracker.finish(M.COMPLETED, tracker.final_summary())
-            elif db is not None and db.get_run(tracker.run_id)["status"] == M.RUNNING:
-                # Killed inside the commit that closed the run: close it now.
-                tracker.finish(M.COMPLETED, tracker.final_summary())
+                tracker.finish(ended, tracker.final_summary())
+            elif db is not None and db.get_run(tracker.run_id)["status"] in (M.RUNNING,
+                                                                             M.INTERRUPTED):
+                # Killed inside the commit that closed the run (its row reads `running`, shown
+                # as `interrupted` once its process is gone): close it now.
+                tracker.finish(ended, tracker.final_summary())
         elif db is not None:
             tracker.run_id = db.start_run(
                 config, tags=tags, study=study, resume_run_id=tracker.run_id,

@@ -38,6 +38,7 @@ from .checkpoints import (
     seed_everything,
     strip_compile_prefix,
 )
+from .errors import PersonFacing, TrainingInterrupted
 from .hardware import (
     Precision,
     choose_device,
@@ -64,12 +65,12 @@ def _fresh_epoch_acc() -> dict[str, float]:
     return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
 
 
-class TrainingOutOfMemoryError(torch.cuda.OutOfMemoryError):
+class TrainingOutOfMemoryError(PersonFacing, torch.cuda.OutOfMemoryError):
     """CUDA ran out of memory; the message says which settings to lower. A subclass of torch's
     error, so code that already catches that (the search's trials) keeps working."""
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PersonFacing, RuntimeError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
 
@@ -302,7 +303,7 @@ class Trainer:
                 bar.close()
                 path = self._save("interrupt")
                 saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
-                raise KeyboardInterrupt(
+                raise TrainingInterrupted(
                     f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
                     f"({saved}). Run it again to resume from here."
                 )
@@ -351,6 +352,9 @@ class Trainer:
         # group's token count gives exactly the gradient of one big batch, even when micro-batches
         # hold different numbers of tokens (a per-micro-batch mean would not).
         group_tokens = sum(int((t != IGNORE_INDEX).sum()) for _, t in group)
+        # A second Ctrl-C can stop a step half-way through its backward passes; start clean so
+        # running the cell again does not add to those partial gradients.
+        self.optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
         for inputs, targets in group:
             loss = self._loss(inputs, targets) / group_tokens
@@ -486,7 +490,7 @@ class Trainer:
             self.epochs_without_improvement = 0
         else:
             self.epochs_without_improvement += 1
-            if 0 < cfg.early_stopping_patience <= self.epochs_without_improvement:
+            if self.stopped_early:
                 self._say(f"Early stopping: val loss has not improved for "
                           f"{self.epochs_without_improvement} epochs (best {self.best_val_loss:.4f} "
                           f"at epoch {self.best_epoch}).")
@@ -661,15 +665,32 @@ class Trainer:
         return path
 
     @property
+    def stopped_early(self) -> bool:
+        """Early stopping ended this run: its patience ran out, in this process or in the one
+        that wrote the checkpoint it resumed from (the count is part of the saved progress)."""
+        return 0 < self.config.early_stopping_patience <= self.epochs_without_improvement
+
+    @property
     def finished(self) -> bool:
-        """Every planned epoch is done: ``fit`` would have nothing to train."""
-        return self.epoch >= self.config.epochs
+        """Every planned epoch is done, or early stopping ended the run: ``fit`` would have
+        nothing to train. Without the second half a rerun of an early-stopped run would train
+        one more epoch, stop again, and do the same on every rerun."""
+        return self.epoch >= self.config.epochs or self.stopped_early
 
     def _finished_note(self) -> str:
         cfg = self.config
-        return (f"Run '{cfg.run_name}' already finished its {self.epoch} "
-                f"epoch{'' if self.epoch == 1 else 's'}: nothing to train. Raise epochs to train "
-                "longer, or change run_name for a new run.")
+        done = (f"Run '{cfg.run_name}' already finished its {self.epoch} "
+                f"epoch{'' if self.epoch == 1 else 's'}")
+        if self.stopped_early:
+            flat = self.epochs_without_improvement
+            also = " and epochs" if self.epoch >= cfg.epochs else ""
+            return (f"{done} (early stopping: val loss had not improved for {flat} "
+                    f"epoch{'' if flat == 1 else 's'}, best {self.best_val_loss:.4f} at epoch "
+                    f"{self.best_epoch}): nothing to train. Raise early_stopping_patience (0 "
+                    f"turns early stopping off){also} to train longer, or change run_name for a "
+                    "new run.")
+        return (f"{done}: nothing to train. Raise epochs to train longer, or change run_name "
+                "for a new run.")
 
     def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
         saved = state.get("config", {})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from .errors import PersonFacing
 from .workspace import atomic_write
 
 MODES = ("fast", "balanced", "quality")
@@ -42,7 +43,7 @@ NOT_HYPERPARAMETERS = frozenset({
 })
 
 
-class ConfigError(ValueError):
+class ConfigError(PersonFacing, ValueError):
     """A config a person got wrong; ``problems`` holds one line per problem, each with its fix."""
 
     def __init__(self, problems: str | Iterable[str], header: str = "Invalid training config"):

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PersonFacing
+
 # Module constants (not default arguments) so tests can monkeypatch them.
 # Tests (and a fake google.colab) point this elsewhere; Colab itself always mounts at /content/drive.
 DRIVE_MOUNT_POINT = Path(os.environ.get("TRANSFORMER_TRAINING_DRIVE_MOUNT", "/content/drive"))
@@ -56,7 +58,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit"
 
 
-class WorkspaceError(OSError):
+class WorkspaceError(PersonFacing, OSError):
     """A workspace folder cannot be created; the message says which and what to do instead."""
 
 

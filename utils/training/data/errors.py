@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import PersonFacing
 
-class DataError(ValueError):
+
+class DataError(PersonFacing, ValueError):
     """Bad data input (missing/binary file, too little text, unknown source); says the fix.
 
     A ValueError subclass so callers that already catch ValueError keep working.

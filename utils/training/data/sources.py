@@ -182,7 +182,13 @@ def _drive_path(data_path: str, workspace: Workspace | None) -> str:
     if raw.startswith("MyDrive/"):
         return str(DRIVE_MOUNT_POINT / raw)
     # Relative paths mean the workspace (on Drive in Colab); without one, the current folder.
-    return str((workspace.root if workspace is not None else Path.cwd()) / raw)
+    root = workspace.root if workspace is not None else Path.cwd()
+    inside = os.path.normpath(root / raw)
+    if os.path.commonpath([inside, os.path.normpath(root)]) != os.path.normpath(root):
+        raise DataError(f"data_path={raw!r} leaves the workspace {root} (through '..'); a "
+                        "relative path is read from inside it. For a file elsewhere on Drive "
+                        "write 'MyDrive/<folder>/<file>', or give an absolute path.")
+    return str(root / raw)
 
 
 def _upload_source(config: Any, workspace: Workspace | None) -> Source:
@@ -426,6 +432,11 @@ def _load_files(files: tuple[Path, ...], where: str) -> tuple[Dataset, bool]:
                         f"file is valid {kind}.") from e
     except pa.ArrowInvalid as e:
         raise DataError(f"Cannot read {where!r} as {kind}: {e}") from e
+    except ValueError as e:  # `datasets` says 'Instruction "train" corresponds to no data!'
+        if "no data" not in str(e):
+            raise
+        raise DataError(f"{where!r} holds no {kind} records (a header line alone?); give a "
+                        f"{kind} file with at least one row of text in it.") from e
 
 
 # Where a person sets text_column; every source that reads a table uses it.

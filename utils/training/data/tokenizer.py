@@ -455,18 +455,25 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     """Inverse of `tok.to_dict()` (what checkpoints store, and what older versions saved as a
     tokenizer.json)."""
     kind = d.get("type")
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "identity":
-        return IdentityTokenizer(int(d["vocab_size"]))
-    if kind == "char":
-        return CharTokenizer(str(d["chars"]))
-    if kind == "hf":
-        try:
-            core = _HFTokenizerCore.from_str(str(d["json"]))
-        except Exception as e:  # the Rust side raises a bare Exception for any parse problem
-            raise DataError(f"The saved Hugging Face tokenizer cannot be read: {e}") from e
-        return HFTokenizer(core, str(d["eos_token"]))
+    try:
+        if kind == "byte":
+            return ByteTokenizer()
+        if kind == "identity":
+            return IdentityTokenizer(int(d["vocab_size"]))
+        if kind == "char":
+            return CharTokenizer(str(d["chars"]))
+        if kind == "hf":
+            text = str(d["json"])
+            try:
+                core = _HFTokenizerCore.from_str(text)
+            except Exception as e:  # the Rust side raises a bare Exception for any parse problem
+                raise DataError(f"The saved Hugging Face tokenizer cannot be read: {e}") from e
+            return HFTokenizer(core, str(d["eos_token"]))
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # a key missing or of the wrong kind
+        what = f"its {e.args[0]!r} entry is missing" if isinstance(e, KeyError) else str(e)
+        raise DataError(f"The saved {kind!r} tokenizer is incomplete or damaged ({what}).") from e
     raise DataError(
         f"Unknown tokenizer type {kind!r}; this version knows 'byte', 'char', 'identity' and "
         "'hf'. Was the file written by a newer version?"
@@ -505,9 +512,11 @@ def _recognise(spec: dict[str, Any]) -> Tokenizer | None:
     Judged by what decides the ids (model, vocabulary, pre-tokenizer), not the exact JSON, so a
     file re-saved by another tokenizers version is still recognised.
     """
-    model = spec.get("model") or {}
+    model, pre_tokenizer = spec.get("model"), spec.get("pre_tokenizer")
+    if not isinstance(model, dict):  # not one of ours; the tokenizers library judges the rest
+        return None
     vocab = model.get("vocab")
-    pre = (spec.get("pre_tokenizer") or {}).get("type")
+    pre = pre_tokenizer.get("type") if isinstance(pre_tokenizer, dict) else None
     if not isinstance(vocab, dict) or spec.get("added_tokens"):
         return None
     if model.get("type") == "BPE" and pre == "ByteLevel" and not model.get("merges"):
@@ -534,5 +543,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     path = Path(path).expanduser()
     text, spec = _read_tokenizer_file(path)
     if "type" in spec and "model" not in spec:  # written by an older version of this library
-        return tokenizer_from_dict(spec)
+        try:
+            return tokenizer_from_dict(spec)
+        except DataError as e:
+            raise DataError(f"{path} cannot be loaded: {e} {_FILE_FIX}") from e
     return _recognise(spec) or HFTokenizer._from_spec(path, text, spec)

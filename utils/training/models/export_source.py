@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import PersonFacing
 from ..workspace import atomic_dir
 
 GITHUB_API = "https://api.github.com"
@@ -47,7 +48,7 @@ _OFFLINE_HINT = ("or open the Gist in a browser, download model.py and config.js
                  "and load that folder instead (model_source='folder')")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(PersonFacing, ValueError):
     """An exported model that cannot be fetched, read, built or trained; the message says the fix.
 
     A ValueError subclass so callers that already catch ValueError keep working.

@@ -123,7 +123,8 @@ def _import(path: Path, digest: str) -> types.ModuleType:
     except Exception as err:  # the export's own module-level code failed: report, don't guess
         sys.modules.pop(name, None)
         raise ModelLoadError(f"Running {path.name} failed{_where(err, path)}: "
-                             f"{type(err).__name__}: {err}") from err
+                             f"{type(err).__name__}: {err}. Fix {path.name} there (importing "
+                             "it must only define the model), or export it again.") from err
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -431,7 +432,10 @@ def _load(src: ModelSource, *, trust: bool, vocab_size: int | None, cache_dir: P
         say(f"  config: {note}")
     inner, style, recipe = construct(cls, values, vocab_size, model_path)
     if next(inner.parameters(), None) is None:
-        raise ModelLoadError(f"{class_name} has no parameters, so there is nothing to train.")
+        raise ModelLoadError(f"{class_name} has no parameters, so there is nothing to train: "
+                             "its __init__ must create its layers (nn.Embedding, nn.Linear, ...) "
+                             "as attributes, or set \"model_name\" in config.json to the class "
+                             "that does.")
     info.update(constructed_with=style, recipe={"class": class_name, **recipe})
     model = ExportedModel(inner, block_size=_find_block_size(values, inner), source_info=info)
     model.dry_run(vocab_size, model_path, config_vocab=any(k in values for k in VOCAB_KEYS))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import PersonFacing
 from .gpt import GPT, GPTConfig
 
 # nn.LayerNorm's default, which the built-in GPT uses.
@@ -49,7 +50,7 @@ print(tokenizer.decode(out[0]))
 """
 
 
-class GPT2ConversionError(ValueError):
+class GPT2ConversionError(PersonFacing, ValueError):
     """Weights that do not fit the built-in GPT / GPT-2 correspondence; the message says why."""
 
 
