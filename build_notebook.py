@@ -133,7 +133,7 @@ _install.install_library(_home, LIBRARY_VERSION, LIBRARY_HASH, install_from=inst
 from utils.training import (
     DataChoice, ExperimentDB, TrainingConfig, TrainingSession, Workspace, apply_mode,
     estimate_training_time, export_run, export_summary, run_search, show_recent_runs,
-    show_run_comparison, show_search_results,
+    show_run_comparison, show_search_results, validate_config,
 )
 """),
         code("1.2 Mount Drive and create the workspace", """
@@ -237,10 +237,9 @@ config = apply_mode(config, mode, epochs=epochs)
 estimate = estimate_training_time(config, workspace)
 """),
         code("3.3 Validated summary (saved to configs/)", """
-config = config.validate()
-config_path = config.save(workspace.configs)
+config = validate_config(config, workspace)  # judged once: training takes it as it is
 display(config)
-print(f"Saved to {config_path}")
+print(f"Saved to {workspace.config_file(config.run_name)}")
 """),
     ]),
     ("Tracking", [

@@ -1,78 +1,56 @@
 """How fast ExperimentDB writes metric rows and answers the history queries.
 
-Budgets (issue 4): logging 100,000 metric rows under 1 s; list_runs over 2,000 runs under ~0.5 s.
-Run from the repository root:  python benchmarks/bench_db.py  [--runs 2000] [--rows 100000]
-Every number is the median of --repeat tries, each on a fresh database for the writes.
+Budgets: log_metrics once per step under 100 us (10,000 calls of 10 metrics under 1 s);
+compare_runs and best_run over 200 runs under 100 ms (one query each, not one per run);
+logging 100,000 rows in tracker-sized batches under 1 s; list_runs over 2,000 runs under 0.5 s.
+
+    python benchmarks/bench_db.py [--repeat 5] [--runs 200] [--big-runs 2000]
+    python benchmarks/bench_db.py --versus /path/to/an/older/checkout   # side by side
+
+Every figure is the median of --repeat rounds. Each round runs in a fresh process (so --versus
+can import another checkout's ``utils.training``); with --versus the two libraries' rounds
+alternate, so a busy machine slows both alike. Histories are built once per library and
+reused by every round; the write cases start from an empty database each round.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.training import metric_names as M  # noqa: E402
-from utils.training.experiment_db import ExperimentDB  # noqa: E402
-
-BATCH_NAMES = (M.BATCH_LOSS, M.LEARNING_RATE, M.GRAD_NORM, M.TOKENS)
-EPOCH_NAMES = (M.TRAIN_LOSS, M.VAL_LOSS, M.TRAIN_PERPLEXITY, M.VAL_PERPLEXITY, M.EPOCH_DURATION)
-
-
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def bench_writes(folder: Path, n_rows: int, repeat: int) -> None:
-    steps = n_rows // len(BATCH_NAMES)
-    counter = iter(range(10**9))
-
-    def fresh() -> tuple[ExperimentDB, int]:
-        db = ExperimentDB(folder / f"writes-{next(counter)}.db", verbose=False)
-        return db, db.start_run({"run_name": "bench"})
-
-    def many(batch: int):
-        def run() -> None:
-            db, run_id = fresh()
-            for first in range(0, steps, batch):
-                db.log_metrics_many([(run_id, name, 1.0 / (s + 1), s, 1, None)
-                                     for s in range(first, min(first + batch, steps))
-                                     for name in BATCH_NAMES])
-            db.close()
-        return run
-
-    def per_step() -> None:
-        db, run_id = fresh()
-        for s in range(steps):
-            db.log_metrics(run_id, dict.fromkeys(BATCH_NAMES, 1.0 / (s + 1)), step=s, epoch=1)
-        db.close()
-
-    print(f"Writing {steps * len(BATCH_NAMES):,} metric rows ({steps:,} steps x "
-          f"{len(BATCH_NAMES)} metrics), median of {repeat}:")
-    for label, fn in (("log_metrics_many, one call", many(steps)),
-                      ("log_metrics_many, 250 steps per call (tracker flush)", many(250)),
-                      ("log_metrics, one call per step", per_step)):
-        seconds = timed(fn, repeat)
-        budget = "" if "per step" in label else ("  OK (< 1 s)" if seconds < 1 else "  OVER 1 s")
-        print(f"  {label:<55} {seconds:7.3f} s  {n_rows / seconds:>12,.0f} rows/s{budget}")
+HERE = Path(__file__).resolve().parents[1]
+BATCH_NAMES = ("train/batch_loss", "train/learning_rate", "train/grad_norm", "train/tokens")
+EPOCH_NAMES = ("train/loss", "val/loss", "train/perplexity", "val/perplexity",
+               "time/epoch_seconds")
+STEP_METRICS = 10  # a step's metrics in the per-step case: loss, lr, grad norm, tokens, timings
+CASES = {  # name: (what it measures, budget in seconds or None)
+    "log_metrics": ("log_metrics, 10,000 calls x 10 metrics (one per step)", 1.0),
+    "log_metrics_cpu": ("  the same, CPU time of this process (no I/O waits)", None),
+    "log_metrics_many": ("log_metrics_many, 100,000 rows in batches of 250 steps", 1.0),
+    "compare_runs": ("compare_runs(every run)  [{runs} runs]", 0.1),
+    "best_run": ("best_run()  [{runs} runs]", 0.1),
+    "best_run_study": ("best_run(study=...)  [{runs} runs]", 0.1),
+    "list_runs": ("list_runs()  [{runs} runs]", None),
+    "big_list_runs": ("list_runs()  [{big} runs]", 0.5),
+    "big_compare_runs": ("compare_runs(200 runs)  [{big} runs]", 0.1),
+    "big_best_run": ("best_run()  [{big} runs]", 0.1),
+}
 
 
-def build_history(path: Path, n_runs: int, epochs: int, steps_per_epoch: int) -> ExperimentDB:
+# ---------------------------------------------------------------------- one round (a subprocess)
+
+
+def build_history(db, n_runs: int, epochs: int = 10, steps_per_epoch: int = 10) -> None:
     rng = random.Random(0)
-    db = ExperimentDB(path, verbose=False)
     for r in range(n_runs):
-        lr = rng.choice([1e-4, 3e-4, 1e-3])
-        run_id = db.start_run({"run_name": f"run-{r}", "learning_rate": lr, "seed": r},
+        run_id = db.start_run({"run_name": f"run-{r}", "learning_rate": rng.choice([1e-4, 1e-3])},
                               tags=["bench", f"group-{r % 10}"], study=f"study-{r % 20}")
         rows = []
         for e in range(1, epochs + 1):
@@ -82,53 +60,118 @@ def build_history(path: Path, n_runs: int, epochs: int, steps_per_epoch: int) ->
                      for name in EPOCH_NAMES]
         db.log_metrics_many(rows)
         db.finish_run(run_id, rng.choice(["completed", "early_stopped", "failed"]))
-    return db
 
 
-def bench_queries(folder: Path, n_runs: int, repeat: int) -> None:
-    epochs, steps_per_epoch = 10, 10
+def timed(fn) -> float:
     start = time.perf_counter()
-    db = build_history(folder / "history.db", n_runs, epochs, steps_per_epoch)
-    rows = db._query("SELECT COUNT(*) FROM metrics")[0][0]
-    print(f"\nHistory of {n_runs:,} runs: {epochs} epochs x {len(EPOCH_NAMES)} epoch metrics "
-          f"= {epochs * len(EPOCH_NAMES)} epoch rows per run, plus {epochs * steps_per_epoch} steps "
-          f"x {len(BATCH_NAMES)} batch metrics; {rows:,} metric rows, built in "
-          f"{time.perf_counter() - start:.1f} s. Median of {repeat}:")
-    some = list(range(1, n_runs + 1, max(1, n_runs // 10)))[:10]
-    cases = [
-        ("list_runs()", lambda: db.list_runs(), 0.5),
-        ("list_runs(limit=20)", lambda: db.list_runs(limit=20), None),
-        ("list_runs(study='study-3')", lambda: db.list_runs(study="study-3"), None),
-        ("list_runs(tag='group-3')", lambda: db.list_runs(tag="group-3"), None),
-        ("get_metrics(one run)", lambda: db.get_metrics(some[0]), None),
-        ("get_metrics_wide(one run)", lambda: db.get_metrics_wide(some[0]), None),
-        ("compare_runs(10 runs)", lambda: db.compare_runs(some), None),
-        ("compare_table(10 runs)", lambda: db.compare_table(some), None),
-        ("best_run()", lambda: db.best_run(), None),
-        ("best_run(study='study-3')", lambda: db.best_run(study="study-3"), None),
-    ]
-    for label, fn, budget in cases:
-        seconds = timed(fn, repeat)
-        verdict = "" if budget is None else (
-            f"  OK (< {budget} s)" if seconds < budget else f"  OVER {budget} s")
-        print(f"  {label:<32} {seconds * 1000:9.1f} ms{verdict}")
-    start = time.perf_counter()
-    db.backup_to(folder / "copy" / "history.db")
-    size = (folder / "history.db").stat().st_size / 2**20
-    print(f"  {'backup_to (sync), ' + f'{size:.0f} MiB':<32} "
-          f"{(time.perf_counter() - start) * 1000:9.1f} ms")
-    db.close()
+    fn()
+    return time.perf_counter() - start
+
+
+def one_round(folder: Path, runs: int, big: int) -> dict[str, float]:
+    from utils.training.experiment_db import ExperimentDB
+
+    out: dict[str, float] = {}
+    names = [*BATCH_NAMES, *(f"time/part_{i}" for i in range(STEP_METRICS - len(BATCH_NAMES)))]
+    rng = random.Random(1)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        db = ExperimentDB(Path(scratch) / "steps.db", verbose=False)
+        run_id = db.start_run({"run_name": "bench"})
+        values = [{name: 2.0 + rng.random() for name in names} for _ in range(10_000)]
+        start, cpu = time.perf_counter(), time.process_time()
+        for step, metrics in enumerate(values):
+            db.log_metrics(run_id, metrics, step=step, epoch=1 + step // 1000)
+        out["log_metrics"] = time.perf_counter() - start
+        out["log_metrics_cpu"] = time.process_time() - cpu
+        db.close()
+
+        db = ExperimentDB(Path(scratch) / "batches.db", verbose=False)
+        run_id = db.start_run({"run_name": "bench"})
+        steps = 100_000 // len(BATCH_NAMES)
+
+        def batches() -> None:
+            for first in range(0, steps, 250):
+                db.log_metrics_many([(run_id, name, 1.0 / (s + 1), s, 1, None)
+                                     for s in range(first, min(first + 250, steps))
+                                     for name in BATCH_NAMES])
+
+        out["log_metrics_many"] = timed(batches)
+        db.close()
+
+    for prefix, n_runs in (("", runs), ("big_", big)):
+        if not n_runs:
+            continue
+        path = folder / f"history-{n_runs}.db"
+        fresh = not path.exists()
+        db = ExperimentDB(path, verbose=False)
+        if fresh:
+            build_history(db, n_runs)
+        for name, fn in queries(db, n_runs).items():
+            if f"{prefix}{name}" in CASES:
+                fn()  # warm the page cache: every round measures the same state
+                out[f"{prefix}{name}"] = timed(fn)
+        db.close()
+    return out
+
+
+def queries(db, n_runs: int) -> dict:
+    ids = list(range(1, n_runs + 1))[:200]
+    return {"compare_runs": lambda: db.compare_runs(ids),
+            "best_run": lambda: db.best_run(),
+            "best_run_study": lambda: db.best_run(study="study-3"),
+            "list_runs": lambda: db.list_runs()}
+
+
+# ---------------------------------------------------------------------- the driver
+
+
+def rounds(library: Path, folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    command = [sys.executable, __file__, "--round", str(folder), "--library", str(library),
+               "--runs", str(args.runs), "--big-runs", str(args.big_runs)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"round with {library} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--big-runs", type=int, default=2000, help="0 skips the big history")
+    parser.add_argument("--versus", type=Path, help="another checkout, measured alongside")
+    parser.add_argument("--library", type=Path, default=HERE, help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(args.library.resolve()))
+    if args.round is not None:
+        print(json.dumps(one_round(args.round, args.runs, args.big_runs)))
+        return
+
+    libraries = {"this checkout": HERE} | ({"versus": args.versus.resolve()} if args.versus else {})
+    results: dict[str, dict[str, list[float]]] = {label: {} for label in libraries}
     with tempfile.TemporaryDirectory() as tmp:
-        bench_writes(Path(tmp), args.rows, args.repeat)
-        bench_queries(Path(tmp), args.runs, args.repeat)
+        folders = {label: Path(tmp) / str(i) for i, label in enumerate(libraries)}
+        for folder in folders.values():
+            folder.mkdir()
+        for _ in range(args.repeat):
+            for label, library in libraries.items():
+                for case, seconds in rounds(library, folders[label], args).items():
+                    results[label].setdefault(case, []).append(seconds)
+    labels = list(libraries)
+    print(f"ExperimentDB, median of {args.repeat} rounds"
+          + (f"; versus = {args.versus}" if args.versus else ""))
+    print(f"  {'case':<58}" + "".join(f"{label:>16}" for label in labels) + "  budget")
+    for case, (what, budget) in CASES.items():
+        if case not in results[labels[0]]:
+            continue
+        medians = [statistics.median(results[label][case]) for label in labels]
+        cells = "".join(f"{m * 1000:>13.1f} ms" for m in medians)
+        verdict = "" if budget is None else (
+            f"  OK (< {budget * 1000:g} ms)" if medians[0] < budget else f"  OVER {budget * 1000:g} ms")
+        print(f"  {what.format(runs=args.runs, big=args.big_runs):<58}{cells}{verdict}")
+    per_call = statistics.median(results[labels[0]]["log_metrics"]) / 10_000 * 1e6
+    print(f"  log_metrics per call: {per_call:.0f} us (budget 100 us)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from utils.training.checkpoints import seed_everything
 from utils.training.hardware import choose_precision, device_description
 from utils.training.live_plotting import LivePlotter
 from utils.training.metrics_tracker import MetricsTracker
-from utils.training.pipeline import prepare
+from utils.training.run import prepare
 from utils.training.training_config import TrainingConfig
 
 

@@ -844,7 +844,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "training.ipynb"
 
 def _run_notebook_with(**values: str) -> Callable[[Path, pytest.MonkeyPatch], Callable]:
     def setup(tmp_path, monkeypatch):
-        from utils.training.notebook import run_notebook
+        from utils.training.notebook_run import run_notebook
 
         return lambda: run_notebook(NOTEBOOK, values, output=tmp_path / "executed.ipynb")
     return setup
@@ -880,7 +880,7 @@ refuses(_config_error(), "Bad --set value", "epoch: no form field of that name i
 
 @refuses(_config_error(), "Bad --set value", "'epochs': write --set name=value")
 def form_set_without_equals(tmp_path, monkeypatch):
-    from utils.training.notebook import parse_sets
+    from utils.training.__main__ import parse_sets
 
     return lambda: parse_sets(["epochs"])
 

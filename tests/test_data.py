@@ -1,4 +1,4 @@
-"""Data layer: the Markov chain's known answer, exact block packing, resumable order, sources."""
+"""Data layer: the Markov chain's known answer, exact block arithmetic, resumable order, sources."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from utils.training.data import (
     IdentityTokenizer,
     MarkovChain,
     ResumableBatchSampler,
+    count_blocks,
     load_token_data,
     load_tokenizer,
     make_dataloaders,
-    pack_blocks,
     read_local_texts,
 )
 
@@ -79,29 +79,36 @@ def test_too_many_contexts_is_a_clear_error():
 
 def test_synthetic_token_data_has_independent_splits_and_known_entropy():
     data = load_token_data(config(vocab_size=32, synthetic_tokens=10_000, val_fraction=0.2))
-    assert data.train_ids.dtype == torch.int64 and data.train_ids.numel() == 8000
-    assert data.val_ids.numel() == 2000
-    assert not torch.equal(data.train_ids[:2000], data.val_ids)
+    assert data.train_ids.dtype == np.uint16 and data.train_ids.size == 8000  # never int64
+    assert data.val_ids.size == 2000
+    assert not np.array_equal(data.train_ids[:2000], data.val_ids)
     assert data.tokenizer.vocab_size == 32 and data.known_entropy > 0
 
 
 # --- blocks, sampler, loaders --------------------------------------------------------------
 
 
-def test_pack_blocks_shifts_by_one_and_targets_every_token_once():
-    ids = torch.arange(103)
-    blocks = pack_blocks(ids, 10)
-    assert blocks.shape == (10, 11)  # 102 targets fit, the ragged tail token is dropped
-    x, y = BlockDataset(blocks)[torch.arange(10)]
+def test_blocks_shift_by_one_and_target_every_token_once():
+    ids = np.arange(103, dtype=np.uint16)
+    blocks = BlockDataset(ids, 10)
+    assert len(blocks) == 10 == count_blocks(103, 10)  # 102 targets fit, the tail is dropped
+    x, y = blocks[torch.arange(10)]
+    assert x.dtype == y.dtype == torch.int64 and x.shape == (10, 10)
     assert torch.equal(y, x + 1)
     assert torch.equal(torch.sort(y.flatten()).values, torch.arange(1, 101))
-    xi, yi = BlockDataset(blocks)[3]
+    assert torch.equal(x[1:, 0], y[:-1, -1])  # the shared boundary token
+    xi, yi = blocks[3]
     assert torch.equal(xi, torch.arange(30, 40)) and torch.equal(yi, torch.arange(31, 41))
+    assert torch.equal(blocks[-1][0], blocks[9][0])
+    with pytest.raises(IndexError):
+        blocks[torch.tensor([2, 10])]
 
 
-def test_pack_blocks_too_short_says_the_numbers():
+def test_blocks_too_short_says_the_numbers():
     with pytest.raises(DataError, match=r"10 tokens.*block_size=16.*17"):
-        pack_blocks(torch.arange(10), 16)
+        BlockDataset(np.arange(10), 16)
+    with pytest.raises(DataError, match=r"validation split has 0 tokens"):
+        make_dataloaders(np.arange(100), np.arange(0), 16, 2, seed=0)
 
 
 def epoch(sampler: ResumableBatchSampler) -> list[list[int]]:
@@ -229,7 +236,7 @@ def test_local_single_document_splits_its_tail(tmp_path):
     (tmp_path / "one.txt").write_text("x" * 999)
     data = load_token_data(config(data_source="local", data_path=str(tmp_path), val_fraction=0.1))
     # 899 + 100 characters, each part ending in EOS.
-    assert data.train_ids.numel() == 900 and data.val_ids.numel() == 101
+    assert data.train_ids.size == 900 and data.val_ids.size == 101
 
 
 def test_unknown_data_source_is_a_clear_error():

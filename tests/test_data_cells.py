@@ -10,7 +10,8 @@ import pytest
 
 import build_notebook
 from utils.training.data import DataError, load_text_data
-from utils.training.notebook import DataChoice, set_params
+from utils.training.notebook import DataChoice
+from utils.training.notebook_run import set_params
 from utils.training.training_config import TrainingConfig
 
 

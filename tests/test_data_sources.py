@@ -18,7 +18,6 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from datasets import Dataset, DatasetDict
 
 from utils.training.data import (
@@ -127,11 +126,11 @@ def test_synthetic_source_is_a_text_dataset_with_known_entropy():
     ids = IdentityTokenizer(32).encode(dd["train"][0]["text"])
     assert len(ids) == 1024 and max(ids) < 32
     data = load_token_data(config)
-    assert data.train_ids.numel() == 4000 and data.val_ids.numel() == 1000
+    assert data.train_ids.size == 4000 and data.val_ids.size == 1000
     assert data.known_entropy is not None and data.known_entropy > 0
     assert isinstance(data.tokenizer, IdentityTokenizer)
     capped = load_token_data(config.replace(max_samples=2))
-    assert capped.train_ids.numel() == 2048 and torch.equal(capped.train_ids, data.train_ids[:2048])
+    assert capped.train_ids.size == 2048 and np.array_equal(capped.train_ids, data.train_ids[:2048])
 
 
 # --- shared rules: max_samples, splits, text column -----------------------------------------
@@ -183,7 +182,7 @@ def test_text_column_is_ignored_where_there_is_no_table(tmp_path):
                                                                     "beta document"]
     synthetic = cfg(data_source="synthetic", vocab_size=16, synthetic_tokens=2000,
                     text_column="body")
-    assert load_token_data(synthetic).train_ids.numel() == 1500
+    assert load_token_data(synthetic).train_ids.size == 1500
 
 
 def test_empty_rows_are_dropped_and_counted(tmp_path, capsys):
@@ -352,7 +351,7 @@ def test_upload_cell_pins_its_file_and_names_its_own_fields(workspace, monkeypat
 
 
 def test_several_files_uploaded_at_once_are_reused_together(workspace, monkeypatch):
-    from utils.training.data.sources import find_upload
+    from utils.training.data.uploads import find_upload
 
     calls = fake_colab(monkeypatch, [{"a.txt": b"alpha text here", "b.txt": b"beta text here"}])
     folder = find_upload(workspace)
@@ -441,9 +440,9 @@ def test_tokens_have_eos_after_each_document_and_decode_back(tmp_path):
     write_corpus(tmp_path / "c")
     data = load_token_data(cfg(data_path=str(tmp_path / "c"), tokenizer="bpe"))
     tok = data.tokenizer
-    assert isinstance(tok, HFTokenizer) and data.train_ids.dtype == torch.int64
+    assert isinstance(tok, HFTokenizer) and data.train_ids.dtype == np.uint16
     assert int((data.train_ids == tok.eos_id).sum()) == 9 and int(data.train_ids[-1]) == tok.eos_id
-    first_doc = data.train_ids[: int((data.train_ids == tok.eos_id).nonzero()[0]) ]
+    first_doc = data.train_ids[: int(np.flatnonzero(data.train_ids == tok.eos_id)[0])]
     assert tok.decode(first_doc.tolist()) in [d + "\nnaïve café 🚀\n" for d in docs(12)]
     assert data.cache_path is None and not data.from_cache
 
@@ -455,11 +454,11 @@ def test_second_load_uses_the_cache_without_tokenizing(workspace, tmp_path, monk
     assert "cached at" in capsys.readouterr().out and not first.from_cache
     folder = first.cache_path
     assert folder.parent == workspace.datasets
-    assert {"train.npy", "validation.npy", "tokenizer.json", "meta.json"} <= {
+    assert {"train.bin", "validation.bin", "tokenizer.json", "meta.json"} <= {
         p.name for p in folder.iterdir()}
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["train_tokens"] == first.train_ids.numel() and meta["dtype"] == "uint16"
-    assert np.load(folder / "train.npy").dtype == np.uint16
+    assert meta["train_tokens"] == first.train_ids.size and meta["dtype"] == "uint16"
+    assert (folder / "train.bin").stat().st_size == 2 * first.train_ids.size
 
     def boom(*args, **kwargs):
         raise AssertionError("tokenization ran on a cache hit")
@@ -470,14 +469,14 @@ def test_second_load_uses_the_cache_without_tokenizing(workspace, tmp_path, monk
     second = load_token_data(config.replace(block_size=64), workspace)
     assert second.from_cache and second.cache_path == folder
     assert "loaded cached tokens from" in capsys.readouterr().out
-    assert torch.equal(second.train_ids, first.train_ids)
-    assert torch.equal(second.val_ids, first.val_ids)
+    assert np.array_equal(second.train_ids, first.train_ids)
+    assert np.array_equal(second.val_ids, first.val_ids)
     assert second.tokenizer.encode("naïve café") == first.tokenizer.encode("naïve café")
     assert second.source == first.source
 
     # Cached local: the folder itself as data_path.
     direct = load_token_data(cfg(data_source="local", data_path=str(folder)))
-    assert direct.from_cache and torch.equal(direct.val_ids, first.val_ids)
+    assert direct.from_cache and np.array_equal(direct.val_ids, first.val_ids)
     with pytest.raises(DataError, match="holds tokens cached"):
         load_text_data(cfg(data_source="local", data_path=str(folder)))
 
@@ -486,8 +485,7 @@ def test_a_cache_folder_named_directly_records_the_tokenizer_it_was_made_with(
         workspace, tmp_path, capsys):
     from utils.training.experiment_db import ExperimentDB
     from utils.training.notebook import DataChoice
-    from utils.training.pipeline import prepare
-    from utils.training.session import TrainingSession
+    from utils.training.run import TrainingSession, prepare
 
     write_corpus(tmp_path / "c")
     made = load_token_data(cfg(data_path=str(tmp_path / "c"), tokenizer="bpe", vocab_size=300),

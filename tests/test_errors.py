@@ -9,9 +9,9 @@ from utils.training.data import DataError
 from utils.training.db_schema import ExperimentDBError
 from utils.training.errors import PersonFacing, TrainingInterrupted
 from utils.training.export import ExportError
-from utils.training.live_plotting import PlotError
 from utils.training.metrics_tracker import TrackingError
 from utils.training.models import ModelLoadError
+from utils.training.plot_style import PlotError
 from utils.training.search_space import SearchError, SearchSpaceError
 from utils.training.trainer import TrainingDivergedError, TrainingOutOfMemoryError
 from utils.training.training_config import ConfigError

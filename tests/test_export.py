@@ -17,12 +17,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from utils.training.__main__ import add_export_command, add_runs_command
 from utils.training.checkpoints import load_checkpoint
 from utils.training.experiment_db import ExperimentDB
 from utils.training.export import (
     ExportError,
-    add_export_command,
-    add_runs_command,
     download,
     export_archive,
     export_bundle,
@@ -30,8 +29,8 @@ from utils.training.export import (
     generate_text,
     human_size,
     load_bundle,
-    run_comparison_table,
 )
+from utils.training.history import run_comparison_table
 from utils.training.models import ModelLoadError
 from utils.training.workspace import Workspace
 
@@ -56,7 +55,7 @@ def run_as_a_stranger(bundle: Path, where: Path) -> subprocess.CompletedProcess:
 
 
 def _train(config, workspace, db=None, dashboard=True):
-    from utils.training.session import TrainingSession
+    from utils.training.run import TrainingSession
 
     session = TrainingSession.create(config, workspace, db=db, live_plot=False, progress=False,
                                      verbose=False)

@@ -17,10 +17,10 @@ FLOORS = {
     "data": 2, "models": 2, "hardware": 2,
     "checkpoints": 3, "experiment_db": 3, "db_schema": 3, "db_frames": 3,
     "metrics_tracker": 3, "gpu": 3, "wandb_setup": 3,
-    "live_plotting": 4, "dashboard": 4, "comparison": 4,
+    "plot_style": 4, "live_plotting": 4, "dashboard": 4, "history": 4,
     "trainer": 5, "optimizer": 5,
-    "pipeline": 6, "session": 6, "search": 6, "search_space": 6, "search_result": 6,
-    "export": 6, "notebook": 6, "__main__": 6, "__init__": 6,
+    "run": 6, "search": 6, "search_space": 6, "search_result": 6,
+    "export": 6, "notebook": 6, "notebook_run": 6, "__main__": 6, "__init__": 6,
 }
 
 
@@ -59,3 +59,35 @@ def test_config_workspace_and_plots_load_without_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        own = module_of(path)
+        graph.setdefault(own, set()).update(imported_modules(path) - {own})
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in trail:
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    cycles = {" -> ".join(c) for m in graph if (c := cycle_from(m))}
+    assert not cycles, f"import cycles: {sorted(cycles)}"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_siblings_are_imported_at_the_top(path):
+    """Lazy imports are for heavy optional libraries (optuna, nbclient, IPython, google.colab,
+    transformers); a sibling imported inside a function hides a dependency (or a cycle)."""
+    late = [f"line {node.lineno}: from {'.' * node.level}{node.module or ''}"
+            for fn in ast.walk(ast.parse(path.read_text()))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn) if isinstance(node, ast.ImportFrom) and node.level]
+    assert not late, late

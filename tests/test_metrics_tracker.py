@@ -468,7 +468,7 @@ def test_to_csv_and_save_csv(tmp_path):
 
 
 def test_tracker_follows_a_real_training_run_and_its_resume(tiny_config, workspace):
-    from utils.training.pipeline import prepare
+    from utils.training.run import prepare
 
     config = tiny_config(epochs=2)
     db = FakeDB()

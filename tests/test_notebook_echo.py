@@ -8,7 +8,7 @@ import sys
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
-from utils.training.notebook import run_notebook
+from utils.training.notebook_run import run_notebook
 
 CELL = """# @title Slow cell { display-mode: "form" }
 import pathlib, sys, time

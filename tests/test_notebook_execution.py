@@ -12,8 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from utils.training.__main__ import parse_sets
 from utils.training.experiment_db import ExperimentDB
-from utils.training.notebook import parse_sets, run_notebook, set_params
+from utils.training.notebook_run import run_notebook, set_params
 from utils.training.training_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ import pytest
 
 from utils.training import install
 from utils.training.experiment_db import ExperimentDB
-from utils.training.notebook import run_notebook, set_params
+from utils.training.notebook_run import run_notebook, set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "training.ipynb"

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.training import live_plotting
+from utils.training import live_plotting, plot_style
 from utils.training import metric_names as M
-from utils.training.comparison import comparison_table, metrics_frames, plot_run_comparison
 from utils.training.dashboard import PANELS, TrainingDashboard
-from utils.training.live_plotting import LivePlotter, PlotError, downsample, ema
+from utils.training.history import comparison_table, metrics_frames, plot_run_comparison
+from utils.training.live_plotting import LivePlotter
+from utils.training.plot_style import PlotError, downsample, ema
 
 # Tests never open a window. The library itself never calls use(): it draws on its own Agg
 # canvases, so a notebook's inline backend is left alone.
@@ -299,7 +300,7 @@ def test_perplexity_axis_labels_a_narrow_range_with_several_ticks():
     assert len(ticks) >= 3, ticks  # 1-2-5 decade ticks would leave only "10"
     assert ticks == sorted(ticks) and all(t == round(t) for t in ticks)
     # A wide range keeps the decade ticks.
-    wide = live_plotting.PerplexityLocator().tick_values(20, 8000)
+    wide = plot_style.PerplexityLocator().tick_values(20, 8000)
     assert {50, 100, 1000, 5000} <= {round(t) for t in wide}
 
 
@@ -432,8 +433,7 @@ def test_runs_with_different_tokenizers_carry_a_caveat():
 
 def test_run_comparison_table_from_the_db_keeps_the_caveat(tmp_path, capsys):
     from utils.training.experiment_db import ExperimentDB
-    from utils.training.export import run_comparison_table
-    from utils.training.notebook import show_run_comparison
+    from utils.training.history import run_comparison_table, show_run_comparison
 
     with ExperimentDB(tmp_path / "x.db", verbose=False) as db:
         for name, tokenizer in (("one", "bpe"), ("two", "char")):
@@ -697,7 +697,7 @@ def test_live_plotter_rejects_bad_arguments():
 
 
 def test_live_plotter_as_trainer_callback(tmp_path, tiny_config):
-    from utils.training.pipeline import prepare
+    from utils.training.run import prepare
 
     config = tiny_config(epochs=2)
     plotter = LivePlotter(results_dir=tmp_path, run_name=config.run_name)
@@ -719,7 +719,7 @@ def test_plotting_modules_never_import_torch():
         import pandas as pd
         from utils.training.dashboard import TrainingDashboard
         from utils.training.live_plotting import LivePlotter
-        from utils.training.comparison import plot_run_comparison
+        from utils.training.history import plot_run_comparison
         summary = pd.DataFrame({{"epoch": [1, 2], "train/loss": [3.0, 2.0], "val/loss": [3.1, 2.2]}})
         TrainingDashboard(summary).plot()
         plot_run_comparison({{"a": summary}})

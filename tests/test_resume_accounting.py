@@ -14,7 +14,7 @@ import torch
 from utils.training import metric_names as M
 from utils.training import trainer as trainer_module
 from utils.training.callbacks import Callback
-from utils.training.pipeline import prepare
+from utils.training.run import prepare
 from utils.training.trainer import Trainer
 
 

@@ -15,11 +15,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from utils.training.__main__ import add_search_command
 from utils.training.experiment_db import ExperimentDB
 from utils.training.search import (
     SearchError,
     SearchSpaceError,
-    add_search_command,
     create_search_study,
     load_search,
     run_search,
@@ -119,7 +119,7 @@ def test_search_prunes_a_bad_trial_and_its_best_config_trains(config, workspace)
     assert best.learning_rate == result.best_params["learning_rate"] in (3e-3, 5e-3, 2e-3)
     assert result.best_value == pytest.approx(trials["value"].min())
 
-    from utils.training.session import TrainingSession
+    from utils.training.run import TrainingSession
 
     session = TrainingSession.create(best.replace(epochs=1), workspace, live_plot=False,
                                      progress=False, verbose=False)

@@ -13,8 +13,9 @@ import torch
 from utils.training import metric_names as M
 from utils.training import wandb_setup
 from utils.training.callbacks import Callback
+from utils.training.db_frames import wide_frame
 from utils.training.experiment_db import ExperimentDB
-from utils.training.session import TimeEstimate, TrainingSession, estimate_training_time
+from utils.training.run import TimeEstimate, TrainingSession, estimate_training_time
 from utils.training.trainer import TrainingDivergedError
 
 
@@ -65,7 +66,7 @@ def test_a_disconnect_then_rerun_continues_the_same_row(tiny_config, workspace, 
     second.fit()
     assert len(db.list_runs()) == 1
     assert db.get_run(first.tracker.run_id)["status"] == "completed"
-    epochs = db.get_metrics_wide(first.tracker.run_id)
+    epochs = wide_frame(db.get_metrics(first.tracker.run_id), "epoch")
     assert list(epochs[M.EPOCH]) == [1, 2]  # nothing logged twice across the restart
 
 
@@ -157,7 +158,7 @@ def test_a_fresh_colab_vm_resumes_from_what_drive_kept(tiny_config, tmp_path):
     second = session(config, drive, new_vm)
     assert second.tracker.run_id == run_id
     second.fit()
-    steps = new_vm.get_metrics_wide(run_id, kind="step")[M.STEP].tolist()
+    steps = wide_frame(new_vm.get_metrics(run_id), "step")[M.STEP].tolist()
     assert steps == list(range(1, 2 * steps_per_epoch + 1))
     assert new_vm.get_run(run_id)["status"] == "completed"
     new_vm.close()
@@ -211,7 +212,7 @@ def test_a_resumed_runs_time_in_the_db_covers_every_session(tiny_config, workspa
         first.fit()
     result = session(config, workspace, db).fit()
     run = db.get_run(first.tracker.run_id)
-    epochs = db.get_metrics_wide(first.tracker.run_id)
+    epochs = wide_frame(db.get_metrics(first.tracker.run_id), "epoch")
     total = float(epochs[M.EPOCH_DURATION].sum())
     assert result.elapsed == pytest.approx(total)  # what the final line says ...
     assert run["summary"]["elapsed"] == pytest.approx(total)  # ... is what the DB holds
@@ -242,3 +243,30 @@ def test_time_estimate_arithmetic_and_what_it_says():
     assert "Not counted: loading and tokenising the data, checkpoint saves" in text
     assert "loaded or shared machine" in text
     assert "balanced (10 epochs) ~35m 00s" in text
+
+
+def test_a_config_is_validated_and_saved_once_on_its_way_to_training(tiny_config, workspace, db,
+                                                                      monkeypatch):
+    """The notebook validates and saves in its summary cell; a later cell's replace() of the
+    same values, then TrainingSession.create, neither judge it again nor write it again."""
+    from utils.training import run
+
+    judged = []
+    real = run.validate_for_hardware
+    monkeypatch.setattr(run, "validate_for_hardware", lambda c: judged.append(c) or real(c))
+    config = run.validate_config(tiny_config(epochs=1, run_name="judged-once"), workspace)
+    saved = workspace.config_file("judged-once").stat().st_ino
+    s = session(config.replace(use_wandb=False), workspace, db)
+    assert len(judged) == 1
+    assert workspace.config_file("judged-once").stat().st_ino == saved  # not written again
+    assert s.fit().status == "completed"
+
+
+def test_a_session_without_a_database_or_wandb_gets_stand_ins(tiny_config, workspace):
+    from utils.training.metrics_tracker import NoDatabase
+    from utils.training.wandb_setup import DisabledRun
+
+    s = session(tiny_config(epochs=1, run_name="no-history"), workspace, None)
+    assert isinstance(s.db, NoDatabase) and s.tracker.db is s.db
+    assert isinstance(s.tracker.wandb_run, DisabledRun)
+    assert s.fit().status == "completed" and s.save_dashboard(show=False).is_file()

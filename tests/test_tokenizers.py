@@ -254,7 +254,7 @@ def test_old_wrapper_files_still_load(kind, bpe, tmp_path):
 @pytest.mark.parametrize("kind", ["bpe", "char", "byte"])
 def test_a_runs_tokenizer_is_reused_by_the_next_run(kind, workspace, tmp_path):
     """Run 2 gives tokenizer=<run 1's checkpoints/<run>/tokenizer.json> and gets its ids."""
-    from utils.training.pipeline import prepare
+    from utils.training.run import prepare
 
     data = tmp_path / "texts"
     data.mkdir()

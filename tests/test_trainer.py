@@ -15,7 +15,7 @@ from utils.training import metric_names as M
 from utils.training.checkpoints import CheckpointError, CheckpointManager, load_checkpoint
 from utils.training.hardware import choose_precision, peak_flops
 from utils.training.optimizer import lr_at
-from utils.training.pipeline import prepare
+from utils.training.run import prepare
 from utils.training.trainer import (
     IGNORE_INDEX,
     Callback,
@@ -164,7 +164,7 @@ import os, signal, sys
 import torch
 sys.path.insert(0, {root!r})
 from utils.training import checkpoints
-from utils.training.pipeline import prepare
+from utils.training.run import prepare
 from utils.training.training_config import TrainingConfig
 from utils.training.workspace import Workspace
 
@@ -371,7 +371,7 @@ FULL_SCRIPT = """
 import resource, signal, sys
 sys.path.insert(0, {root!r})
 from utils.training.checkpoints import CheckpointError
-from utils.training.pipeline import prepare
+from utils.training.run import prepare
 from utils.training.training_config import TrainingConfig
 from utils.training.workspace import Workspace
 
@@ -486,7 +486,7 @@ def test_a_disconnect_between_the_epoch_row_and_its_checkpoint_logs_the_row_once
     import sqlite3
 
     from utils.training.experiment_db import ExperimentDB
-    from utils.training.session import TrainingSession
+    from utils.training.run import TrainingSession
 
     class DisconnectAfterEpochRow(Callback):  # after the tracker: its row is in the database
         def on_epoch_end(self, trainer, metrics):
@@ -604,7 +604,7 @@ def test_rerun_of_an_early_stopped_run_is_finished_not_one_epoch_longer(tiny_con
 
     # A history that lost the run's row records it again as what it was, not "completed".
     from utils.training.experiment_db import ExperimentDB
-    from utils.training.session import TrainingSession
+    from utils.training.run import TrainingSession
 
     with ExperimentDB(workspace.db_path, verbose=False) as db:
         session = TrainingSession.create(config, workspace, db=db, progress=False,

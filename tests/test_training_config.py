@@ -394,7 +394,7 @@ def test_fp16_on_a_cpu_is_one_clear_cli_line(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.skipif(has_cuda(), reason="needs a machine without a GPU")
 def test_fp16_on_a_cpu_is_refused_before_any_data_loads(tmp_path: Path, monkeypatch) -> None:
-    from utils.training import pipeline
+    from utils.training import run as pipeline
 
     def no_data(*args: object, **kwargs: object) -> None:
         raise AssertionError("the data was loaded before the config was refused")

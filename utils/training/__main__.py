@@ -3,6 +3,9 @@
 The same library the notebook uses, without a notebook: for a terminal, a script or a job queue.
 """
 
+# The whole command line is this file: COMMANDS maps each command to the function that runs it,
+# and each add_<command>_command builds its subparser. The functions call the library and print.
+
 from __future__ import annotations
 
 import argparse
@@ -10,19 +13,23 @@ import errno
 import os
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .checkpoints import CheckpointError
+from .dashboard import TrainingDashboard
 from .data import DataError
 from .experiment_db import ExperimentDB, ExperimentDBError, RunNotFoundError
-from .export import ExportError, add_export_command, add_runs_command
-from .hardware import validate_for_hardware
-from .live_plotting import PlotError
+from .export import ExportError, export_archive, human_size
+from .history import run_comparison_table
 from .models import ModelLoadError
-from .notebook import parse_sets, run_notebook
-from .search import SearchError, SearchSpaceError, add_search_command
-from .session import TrainingSession
+from .notebook_run import run_notebook
+from .plot_style import PlotError
+from .run import TrainingSession, validate_config
+from .search import SearchError, SearchSpaceError, run_search
 from .trainer import TrainingDivergedError, TrainingOutOfMemoryError, TrainingResult
 from .training_config import ConfigError, TrainingConfig
 from .workspace import UnsafeNameError, Workspace, WorkspaceError, check_name
@@ -44,25 +51,41 @@ def demo_form() -> dict[str, object]:
     }
 
 
-def _build_config(args: argparse.Namespace) -> TrainingConfig:
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """``--set name=value`` pairs as a dict of strings; the notebook runner gives them types."""
+    values = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError([f"{pair!r}: write --set name=value"], header="Bad --set value")
+        values[name.strip()] = value
+    return values
+
+
+def _load_config(args: argparse.Namespace) -> TrainingConfig:
     config = TrainingConfig.load(args.config) if args.config else TrainingConfig()
-    if args.set:
-        config = config.apply_overrides(args.set)
+    return config.apply_overrides(args.set) if args.set else config
+
+
+def _build_config(args: argparse.Namespace) -> TrainingConfig:
     # Machine-aware: refuses fp16 on a CPU or a model too big before the workspace exists.
-    return validate_for_hardware(config)
+    return validate_config(_load_config(args))
 
 
 def _run(config: TrainingConfig, args: argparse.Namespace) -> tuple[TrainingResult, Workspace]:
     """Train with the experiment DB and the dashboard, exactly as the notebook does."""
     workspace = Workspace.setup(args.workspace)
     with ExperimentDB.open_for_workspace(workspace) as db:
-        session = TrainingSession.create(config.validate(), workspace, db=db,
+        session = TrainingSession.create(config, workspace, db=db,
                                          trust=getattr(args, "trust", False),
                                          progress=not args.no_progress)
         result = session.fit()
         if result.history:
             session.save_dashboard(show=False)
     return result, workspace
+
+
+# ---------------------------------------------------------------------- the commands
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -91,10 +114,71 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+        workspace = Workspace.setup(args.workspace)
+        result = run_search(
+            config, workspace, n_trials=args.trials, timeout=args.timeout,
+            study_name=args.study, sampler_seed=args.seed, prune=not args.no_prune,
+            trial_epochs=args.trial_epochs,
+        )
+        print(result.trials.to_string(index=False))
+        best = result.best_config
+    except (SearchError, SearchSpaceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = best.save(workspace.configs)
+    for figure in result.save_figures().values():
+        print(f"Figure: {figure}")
+    print(f"Best config: {path}\nTrain it with: python -m utils.training train --config {path}")
+    return 0
+
+
+def _runs_table(db: ExperimentDB, limit: int, study: str | None) -> pd.DataFrame:
+    runs = db.list_runs(limit=limit, study=study)
+    best = "best_val_loss"
+    minutes = runs["duration_s"] / 60
+    return pd.DataFrame({
+        "id": runs["id"], "name": runs["name"], "status": runs["status"],
+        "started": runs["created"].dt.strftime("%Y-%m-%d %H:%M"),
+        "epochs": runs["epochs"], "best val loss": runs[best].round(4),
+        "minutes": minutes.round(1), "study": runs["study"].fillna(""),
+        "tags": [", ".join(t) for t in runs["tags"]],
+    })
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    workspace = Workspace.setup(args.workspace, verbose=False)
+    with ExperimentDB.open_for_workspace(workspace, verbose=False) as db:
+        table = _runs_table(db, args.last, args.study)
+        if table.empty:
+            print(f"No runs yet in {workspace.db_path}.")
+            return 0
+        print(table.to_string(index=False))
+        if args.compare:
+            compared = run_comparison_table(db, last=args.last)
+            print("\n" + compared.to_string(index=False))
+            if compared.attrs.get("caveat"):
+                print(f"Caution: {compared.attrs['caveat']}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    workspace = Workspace.setup(args.workspace)
+    try:
+        with ExperimentDB.open_for_workspace(workspace, verbose=False) as db:
+            archive = export_archive(args.run, workspace, db, trust=args.trust)  # bundle first
+    except (ExportError, UnsafeNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bundle = workspace.bundle_dir(args.run)
+    print(f"Bundle:  {bundle}\nArchive: {archive} ({human_size(archive.stat().st_size)})")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Redraw a stored run's dashboard from the experiment DB (no checkpoint needed)."""
-    from .dashboard import TrainingDashboard
-
     workspace = Workspace.setup(args.workspace)
     with ExperimentDB.open_for_workspace(workspace) as db:
         run = _find_run(db, args.run)
@@ -127,51 +211,115 @@ def _cmd_run_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _cmd_train, "demo": _cmd_demo, "search": _cmd_search, "runs": _cmd_runs,
+    "export": _cmd_export, "dashboard": _cmd_dashboard, "run-notebook": _cmd_run_notebook,
+}
+
+
+# ---------------------------------------------------------------------- the subparsers
+
+
+def _command(subparsers: Any, name: str, help: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help)
+    p.set_defaults(func=COMMANDS[name])
+    return p
+
+
+def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training train --config FILE --set KEY=VALUE ...``"""
+    p = _command(subparsers, "train", "train from a config JSON file")
+    p.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (repeatable), e.g. --set epochs=3")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="workspace folder (default: Drive in Colab, else ./workspace)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust", action="store_true",
+                   help="allow running a Transformer Builder Gist's model.py")
+    return p
+
+
+def add_demo_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training demo``: the notebook on built-in defaults."""
+    p = _command(subparsers, "demo", "run the notebook on built-in defaults (no network)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="change a notebook form field, e.g. --set epochs=5")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder (default ./workspace)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    return p
+
+
+def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training search --config FILE --trials N --timeout S ...``"""
+    p = _command(subparsers, "search", "Optuna search around a config (resumable)")
+    p.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
+    p.add_argument("--trials", type=int, default=10, metavar="N",
+                   help="total trials the study should have (finished ones count)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="stop starting new trials after S seconds")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the config's run_name)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampler seed (give each parallel worker its own)")
+    p.add_argument("--trial-epochs", type=int, default=None, metavar="E",
+                   help="epochs per trial (default: the config's epochs)")
+    p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="workspace folder (default: Drive in Colab, else ./workspace)")
+    return p
+
+
+def add_runs_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training runs``: the experiment database as a table."""
+    p = _command(subparsers, "runs", "list the runs in the experiment database")
+    p.add_argument("--last", type=int, default=20, metavar="N", help="newest N runs (default 20)")
+    p.add_argument("--study", metavar="NAME", help="only the trials of this search study")
+    p.add_argument("--compare", action="store_true",
+                   help="also show the settings that differ between them")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder")
+    return p
+
+
+def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training export RUN``: bundle + zip archive of a run."""
+    p = _command(subparsers, "export", "write a run's model bundle and zip archive")
+    p.add_argument("run", metavar="RUN", help="the run name")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder")
+    p.add_argument("--trust", action="store_true",
+                   help="a Gist model's run: let its model.py run once to write the README")
+    return p
+
+
+def add_dashboard_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training dashboard RUN``: redraw a stored run's dashboard."""
+    p = _command(subparsers, "dashboard", "draw a stored run's 6-panel dashboard")
+    p.add_argument("run", help="run id or name (see `runs`)")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder")
+    p.add_argument("--output", metavar="PATH", help=".png, .pdf or .svg "
+                   "(default results/<run>_dashboard.png)")
+    return p
+
+
+def add_run_notebook_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training run-notebook --set NAME=VALUE ...``"""
+    p = _command(subparsers, "run-notebook", "execute training.ipynb with a Jupyter kernel, "
+                 "filling in its @param form fields first")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a form field's value (repeatable), e.g. --set data_source=synthetic")
+    p.add_argument("--output", metavar="PATH", help="where to save the executed notebook")
+    p.add_argument("--notebook", default=str(NOTEBOOK), help="the notebook to run")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils.training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config field (repeatable), e.g. --set epochs=3")
-        p.add_argument("--workspace", metavar="DIR",
-                       help="workspace folder (default: Drive in Colab, else ./workspace)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    p_train = sub.add_parser("train", help="train from a config JSON file")
-    p_train.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
-    common(p_train)
-    p_train.set_defaults(func=_cmd_train)
-
-    p_train.add_argument("--trust", action="store_true",
-                         help="allow running a Transformer Builder Gist's model.py")
-
-    p_demo = sub.add_parser("demo", help="run the notebook on built-in defaults (no network)")
-    p_demo.add_argument("--set", action="append", metavar="NAME=VALUE",
-                        help="change a notebook form field, e.g. --set epochs=5")
-    p_demo.add_argument("--workspace", metavar="DIR", help="workspace folder (default ./workspace)")
-    p_demo.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    p_demo.set_defaults(func=_cmd_demo)
-
-    add_search_command(sub)
-    add_runs_command(sub)
-    add_export_command(sub)
-
-    p_dash = sub.add_parser("dashboard", help="draw a stored run's 6-panel dashboard")
-    p_dash.add_argument("run", help="run id or name (see `runs`)")
-    p_dash.add_argument("--workspace", metavar="DIR", help="workspace folder")
-    p_dash.add_argument("--output", metavar="PATH", help=".png, .pdf or .svg "
-                        "(default results/<run>_dashboard.png)")
-    p_dash.set_defaults(func=_cmd_dashboard)
-
-    p_nb = sub.add_parser("run-notebook", help="execute training.ipynb with a Jupyter kernel, "
-                          "filling in its @param form fields first")
-    p_nb.add_argument("--set", action="append", metavar="NAME=VALUE",
-                      help="a form field's value (repeatable), e.g. --set data_source=synthetic")
-    p_nb.add_argument("--output", metavar="PATH", help="where to save the executed notebook")
-    p_nb.add_argument("--notebook", default=str(NOTEBOOK), help="the notebook to run")
-    p_nb.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    p_nb.set_defaults(func=_cmd_run_notebook)
+    for add in (add_train_command, add_demo_command, add_search_command, add_runs_command,
+                add_export_command, add_dashboard_command, add_run_notebook_command):
+        add(sub)
     return parser
 
 

@@ -10,6 +10,10 @@ a checkpoint never runs code. Every damaged file is refused by name, flipped bit
 zip's CRC32s are checked), and a resume skips it for the one before. Nothing a person might want
 is deleted: retention removes only checkpoints older than the one just written, and unusable
 ones are moved to ``set-aside/``.
+
+Resuming lives here too, whole: which checkpoint a run continues from (``restore``), whether it
+fits the config, which later files are set aside, and where the run's tokenizer is. The trainer
+asks once and hands over a function that loads a state into itself.
 """
 
 from __future__ import annotations
@@ -20,17 +24,22 @@ import random
 import re
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .data import DataError, Tokenizer, load_tokenizer, tokenizer_from_dict
+from .callbacks import Callback
+from .data import DataError, ResumableBatchSampler, Tokenizer, load_tokenizer, tokenizer_from_dict
 from .errors import PersonFacing
 from .workspace import atomic_write
+
+if TYPE_CHECKING:
+    from .training_config import TrainingConfig
 
 FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -39,6 +48,9 @@ _BEST_FILE = re.compile(r"^best-step-(\d+)\.pt$")
 # moved here rather than deleted: they are the user's data, and only the user may throw it away.
 SET_ASIDE_DIR = "set-aside"
 TOKENIZER_FILE = "tokenizer.json"
+# Fields whose change makes an old checkpoint's weights unusable.
+_SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", "d_ff", "block_size")
+_BUILTIN_ONLY = ("n_layers", "n_heads", "d_model", "d_ff")  # an export's shape is its config.json
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NEARLY_FULL = 1 << 20  # bytes free at the moment a write failed: the disk was full
 
@@ -289,12 +301,16 @@ class CheckpointManager:
     higher step is not this course of the run (a corrupt file, or the future of a run resumed
     from an earlier point), and the resume that found it set it aside, never deleted it."""
 
-    def __init__(self, directory: str | Path, keep: int = 3, staging: Path | None = None) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, staging: Path | None = None, *,
+                 create: bool = True) -> None:
+        """``create=False`` only looks (an export, the tokenizer of a run about to resume): no
+        folder is made and no temp file swept, since the run may be training in another process."""
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
         self.staging = staging
-        self._remove_stale_temp_files()
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
         # Left behind only by a process killed mid-save; one run has one writer, so any temp
@@ -304,7 +320,7 @@ class CheckpointManager:
 
     def files(self) -> list[CheckpointFile]:
         """All checkpoints, newest (highest step) first; periodic before best at equal steps."""
-        return checkpoint_files(self.directory)
+        return checkpoint_files(self.directory) if self.directory.is_dir() else []
 
     def save(self, state: Mapping[str, Any], step: int) -> Path:
         previous = next((f.path for f in self.files() if f.step <= step), None)
@@ -389,52 +405,169 @@ class CheckpointManager:
                 print(f"Skipping a checkpoint that cannot be loaded: {exc}")
         return None
 
-    def best_path(self) -> Path | None:
-        best = [f for f in self.files() if f.best]
-        return best[0].path if best else None
+    def best_or_latest(self) -> Path | None:
+        """The checkpoint a run is taken home from: its newest best (the model its reported val
+        loss belongs to), else its newest periodic one; None when it has none."""
+        files = self.files()
+        chosen = [f for f in files if f.best] or files
+        return chosen[0].path if chosen else None
 
+    # ----------------------------------------------------------------- the tokenizer
 
-# --------------------------------------------------------------------------- the tokenizer
+    @property
+    def tokenizer_path(self) -> Path:
+        """``tokenizer.json`` beside the checkpoints: their token ids mean nothing without it."""
+        return self.directory / TOKENIZER_FILE
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer of a run being resumed or exported. A missing or damaged
+        ``tokenizer.json`` is restored from the copy every checkpoint carries (newest readable
+        first), and the restore is reported.
+
+        None when there is nothing to resume (no readable checkpoint: the run starts afresh,
+        with the tokenizer its data gives), or when the file is missing and only checkpoints
+        from before they carried a copy exist (as before: the data's tokenizer is used)."""
+        run_dir, path = self.directory, self.tokenizer_path
+        files = self.files()
+        if not files:
+            return None
+        if path.is_file():
+            try:
+                return load_tokenizer(path)
+            except DataError as exc:
+                problem = f"could not be read ({str(exc).splitlines()[0]})"
+        else:
+            problem = "was missing"
+        readable = False
+        for candidate in files:
+            try:
+                saved = load_checkpoint(candidate.path).get("tokenizer")
+                readable = True
+                tokenizer = tokenizer_from_dict(saved) if isinstance(saved, dict) else None
+            except (CheckpointError, DataError):
+                continue
+            if tokenizer is None:
+                continue
+            tokenizer.save(path)
+            print(f"Note: this run's tokenizer {path} {problem}. Restored it from the copy in "
+                  f"checkpoint {candidate.path.name}; the run continues with its own tokenizer.")
+            return tokenizer
+        if not readable or problem == "was missing":
+            return None
+        raise CheckpointError(
+            f"This run's tokenizer {path} {problem}, and none of its checkpoints in "
+            f"{run_dir} holds a readable copy. Restore the file from a backup (the checkpoints' "
+            "token ids mean nothing without it), or start over with a new run_name."
+        )
 
 
 def load_run_tokenizer(run_dir: str | Path) -> Tokenizer | None:
-    """The tokenizer of a run being resumed: ``tokenizer.json`` beside its checkpoints. The ids
-    in those checkpoints mean nothing without it, so a missing or damaged file is restored from
-    the copy every checkpoint carries (newest readable first), and the restore is reported.
+    """The tokenizer of the run whose checkpoints are in ``run_dir`` (see
+    :meth:`CheckpointManager.tokenizer`); the folder is only looked at, never made."""
+    return CheckpointManager(run_dir, create=False).tokenizer()
 
-    None when there is nothing to resume (no readable checkpoint: the run starts afresh, with
-    the tokenizer its data gives), or when the file is missing and only checkpoints from before
-    they carried a copy exist (as before: the data's tokenizer is used)."""
-    run_dir = Path(run_dir)
-    path = run_dir / TOKENIZER_FILE
-    files = checkpoint_files(run_dir) if run_dir.is_dir() else []
-    if not files:
+
+# --------------------------------------------------------------------------- resuming
+
+
+def restore(config: TrainingConfig, manager: CheckpointManager | None,
+            load_state: Callable[[dict[str, Any]], None],
+            say: Callable[[str], None] = print) -> Path | None:
+    """Load the checkpoint ``config.resume`` points at into ``load_state`` and return its path;
+    None for a fresh start. "auto": the run's newest loadable checkpoint (corrupt ones are set
+    aside); "never": nothing, and a run folder that already has checkpoints is refused; else
+    the file named. Later checkpoints than the one loaded are moved aside: they are not this
+    run's future any more, so retention and the next resume rank the new ones first."""
+    if config.resume == "never" and manager is not None and manager.files():
+        raise CheckpointError(
+            f"Run '{config.run_name}' already has checkpoints in {manager.directory}, and "
+            "resume='never' would mix a new run into them. Choose a new run_name, or "
+            "resume='auto' to continue that run, or delete the folder to start it over."
+        )
+    if config.resume == "never" or (config.resume == "auto" and manager is None):
         return None
-    if path.is_file():
-        try:
-            return load_tokenizer(path)
-        except DataError as exc:
-            problem = f"could not be read ({str(exc).splitlines()[0]})"
+    if config.resume == "auto":
+        found = manager.latest(set_aside=True)  # corrupt ones move to set-aside/
+        if found is None:
+            say(f"No checkpoint for run '{config.run_name}' yet: starting from scratch.")
+            return None
+        path, state = found
     else:
-        problem = "was missing"
-    readable = False
-    for candidate in files:
-        try:
-            saved = load_checkpoint(candidate.path).get("tokenizer")
-            readable = True
-            tokenizer = tokenizer_from_dict(saved) if isinstance(saved, dict) else None
-        except (CheckpointError, DataError):
-            continue
-        if tokenizer is None:
-            continue
-        tokenizer.save(path)
-        print(f"Note: this run's tokenizer {path} {problem}. Restored it from the copy in "
-              f"checkpoint {candidate.path.name}; the run continues with its own tokenizer.")
-        return tokenizer
-    if not readable or problem == "was missing":
-        return None
-    raise CheckpointError(
-        f"This run's tokenizer {path} {problem}, and none of its checkpoints in "
-        f"{run_dir} holds a readable copy. Restore the file from a backup (the checkpoints' "
-        "token ids mean nothing without it), or start over with a new run_name."
-    )
+        path, state = Path(config.resume), load_checkpoint(config.resume)
+    _check_compatible(config, path, state, say)
+    try:
+        load_state(state)
+    except (KeyError, TypeError, ValueError) as exc:  # a part of the state is missing or odd
+        raise CheckpointError(
+            f"Checkpoint {path} does not hold a complete training state ({type(exc).__name__}: "
+            f"{exc}). Resume from the checkpoint before it (resume=<its path>), or start over "
+            "with a new run_name."
+        ) from exc
+    if manager is not None:
+        step = state["progress"]["global_step"]
+        manager.set_aside_after(step, f"this run continues from {path.name} (step {step})")
+    return path
+
+
+def _check_compatible(config: TrainingConfig, path: Path, state: Mapping[str, Any],
+                      say: Callable[[str], None]) -> None:
+    saved = state.get("config", {})
+    current = config.to_dict()
+    shape = [k for k in _SHAPE_FIELDS
+             if current["model_source"] == "builtin" or k not in _BUILTIN_ONLY]
+    diffs = [f"{k}: checkpoint {saved[k]!r}, config {current[k]!r}"
+             for k in shape if k in saved and saved[k] != current.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"Checkpoint {path} was trained with a different model shape ("
+            + "; ".join(diffs) + "). Use the same settings to resume, or a new run_name / "
+            "resume='never' to start a new run."
+        )
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in current.items()
+               if k in saved and saved[k] != v and k not in ("resume", *_SHAPE_FIELDS)]
+    if changed:
+        note = ("; the learning-rate schedule is re-stretched over the new total"
+                if "epochs" in saved and saved["epochs"] != current["epochs"] else "")
+        say(f"Resuming with changed settings: {', '.join(changed)}{note}.")
+
+
+def load_model_state(model: nn.Module, weights: Mapping[str, Any]) -> None:
+    """Load a checkpoint's weights; a size mismatch or missing keys (another model or vocab)
+    becomes a CheckpointError that says what to do."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        detail = "; ".join(str(exc).splitlines()[1:4]).strip()
+        raise CheckpointError(
+            f"The checkpoint's weights do not fit this model ({detail}). Was it trained with "
+            "another tokenizer (vocab size) or model? Use the same settings to resume, or a "
+            "new run_name / resume='never' to start over."
+        ) from exc
+
+
+def callback_states(callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """Each callback's state, keyed by its position and class, for a checkpoint."""
+    return {f"{i}:{type(c).__name__}": c.state_dict() for i, c in enumerate(callbacks)}
+
+
+def restore_callbacks(callbacks: Sequence[Callback], saved: Mapping[str, Any]) -> None:
+    """Hand each callback the state it saved; a callback that was not there then gets none."""
+    for i, callback in enumerate(callbacks):
+        key = f"{i}:{type(callback).__name__}"
+        if key in saved:
+            callback.load_state_dict(saved[key])
+
+
+def restore_data_order(sampler: ResumableBatchSampler | None,
+                       saved: Mapping[str, Any] | None) -> list[str]:
+    """Continue the data order where the checkpoint stopped. When the batch size or the data
+    changed (a common fix for running out of GPU memory), that order no longer exists: nothing
+    is restored and the changes are returned, so the caller can restart the interrupted epoch."""
+    if not saved or sampler is None:
+        return []
+    current = sampler.state_dict()
+    changed = [f"{k} {saved[k]} -> {current[k]}" for k in ("batch_size", "n_items")
+               if k in saved and saved[k] != current.get(k)]
+    if not changed:
+        sampler.load_state_dict(dict(saved))
+    return changed

@@ -1,7 +1,7 @@
 """TrainingDashboard: the six-panel picture of a finished run.
 
 Inputs are plain pandas frames (the tracker's ``get_summary()``/``batch_history()``, or the DB's
-long metrics table, pivoted by ``comparison.metrics_frames``), so this floor never imports torch,
+long metrics table, pivoted by ``history.metrics_frames``), so this floor never imports torch,
 the tracker or the DB.
 Figures are bare ``matplotlib.figure.Figure`` objects: no pyplot state, no backend switch, and a
 notebook shows them exactly once. Seaborn's style is applied only while the figure is built, so
@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from . import metric_names as M
-from .comparison import comparison_table, metrics_frames, plot_run_comparison
-from .live_plotting import (
+from .history import metrics_frames
+from .plot_style import (
     BLUE,
     GREEN,
     GREY,
@@ -37,13 +37,13 @@ from .live_plotting import (
     ema,
     enable_notebook_figures,
     epoch_axis,
+    format_duration,
     perplexity_axis,
     summary_and_history,
 )
 from .workspace import atomic_write
 
-# The comparison helpers live in comparison.py (file size); importable from here as DESIGN says.
-__all__ = ["TrainingDashboard", "comparison_table", "metrics_frames", "plot_run_comparison"]
+__all__ = ["TrainingDashboard"]
 
 PANELS = ("loss", "perplexity", "learning_rate", "grad_norm", "speed", "hardware")
 _PANEL_METHODS = {"loss": "loss", "perplexity": "perplexity", "learning_rate": "lr",
@@ -62,15 +62,6 @@ def _no_data(ax: Any, why: str) -> None:
 
 def _thousands(value: float, _pos: Any = None) -> str:
     return f"{value / 1000:g}k" if abs(value) >= 1000 else f"{value:g}"
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def _twin_label(ax: Any, text: str, color: str) -> None:

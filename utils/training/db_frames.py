@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -87,18 +88,28 @@ def runs_frame(rows: Sequence[tuple], metric: str) -> pd.DataFrame:
                   "best_epoch", "tags", "study", "parent_run_id", "notes"]]
 
 
-def compare_frame(curves: Mapping[int, pd.DataFrame], names: Mapping[int, str],
-                  kind: str) -> pd.DataFrame:
-    """One column per run (its long rows of one metric), labelled by name; a name shared by
-    several of the runs gets ``#id`` so no column hides another."""
-    counts = pd.Series(list(names.values()), dtype=object).value_counts()
+def compare_frame(rows: Sequence[tuple], kind: str) -> pd.DataFrame:
+    """One column per run from ``(position, run id, run name, step, epoch, value)`` rows of one
+    metric, each run's rows in logging order (a run without any has one row of NULLs); labelled
+    by name, and a name shared by several of the runs gets ``#id`` so no column hides another.
+    Where a run logged a step (or epoch) twice, the last row wins."""
+    first: dict[int, int] = {}  # run id -> the position it was first asked for
+    names: dict[int, str] = {}
+    curves: dict[int, dict] = {}
+    at = 3 if kind == "step" else 4
+    for row in rows:
+        pos, run_id = row[0], row[1]
+        if run_id not in first:
+            first[run_id], names[run_id], curves[run_id] = pos, row[2], {}
+        if first[run_id] == pos and row[at] is not None:
+            curves[run_id][row[at]] = row[5]
+    counts = Counter(names.values())
     columns = {}
-    for run_id, long in curves.items():
-        long = long[long[kind].notna()].drop_duplicates(subset=[kind], keep="last")
+    for run_id, curve in curves.items():
         name = names[run_id]
         label = name if counts[name] == 1 else f"{name} #{run_id}"
-        columns[label] = pd.Series(long["value"].to_numpy(),
-                                   index=long[kind].astype("int64").to_numpy(), dtype="float64")
+        columns[label] = pd.Series(list(curve.values()), dtype="float64",
+                                   index=pd.Index(list(curve), dtype="float64").astype("int64"))
     frame = pd.DataFrame(columns).sort_index()
     frame.index.name = kind
     return frame

@@ -1,7 +1,7 @@
 """The experiment database's SQLite schema, its migrations, and what may be stored in it.
 
 Kept apart from :mod:`experiment_db` so the on-disk format (which users' old files depend on)
-can be read in one place. Migrations only ever add: a user's history is never dropped.
+can be read in one place. Migrations never drop data: a user's history is never lost.
 Floor 3: stdlib only.
 """
 
@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from . import metric_names as M
 from .errors import PersonFacing
 from .workspace import pid_alive
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = M.STATUSES
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # SQLite's companions of a database file: the write-ahead log holds the newest committed rows
@@ -33,6 +33,9 @@ SIDECARS = ("-wal", "-shm")
 # schema v3 recorded it) counts as abandoned once nothing was written to it for this long.
 STALE_RUN_SECONDS = 3600.0
 HOST = socket.gethostname()
+RUN_COLUMNS = ["id", "name", "status", "config_json", "tags", "notes", "created_at",
+               "updated_at", "finished_at", "summary_json", "study", "parent_run_id", "pid",
+               "host"]
 
 # Version 1, exactly as it shipped. A fresh database is built as v1 plus every migration, so a
 # new file and an upgraded one are the same by construction.
@@ -86,6 +89,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE runs ADD COLUMN pid INTEGER",
         "ALTER TABLE runs ADD COLUMN host TEXT",
+    ),
+    # A step's rows (one per metric) sit side by side in (run_id, step) but in as many places
+    # as there are metrics in (run_id, name, step): a per-step log_metrics wrote ~10 more pages.
+    # Every query the old index served, this one or metrics_name_run_value serves as well.
+    3: (
+        "DROP INDEX metrics_run_name_step",
+        "CREATE INDEX metrics_run_step ON metrics(run_id, step)",
     ),
 }
 
@@ -328,6 +338,28 @@ def position(value: Any, what: str) -> int | float | None:
     except (TypeError, ValueError):
         raise ExperimentDBError(f"{what} must be a number or None, got {value!r}") from None
     return int(f) if f.is_integer() else f
+
+
+def run_key(run: int | str) -> int | str:
+    """A run name as it is, or a run id as a plain int (numpy integers included)."""
+    if isinstance(run, str):
+        return run
+    try:
+        return operator.index(run)
+    except TypeError:
+        raise ExperimentDBError(f"expected a run id or run name, got {run!r}") from None
+
+
+def run_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """A ``runs`` row (``RUN_COLUMNS``) with its config, tags and summary parsed; a ``running``
+    row whose process is gone says ``interrupted``."""
+    run = dict(zip(RUN_COLUMNS, row))
+    run["status"] = shown_status(run["status"], run["pid"], run["host"], run["updated_at"])
+    run["config"] = json.loads(run.pop("config_json"))
+    run["tags"] = json.loads(run["tags"])
+    summary = run.pop("summary_json")
+    run["summary"] = None if summary is None else json.loads(summary)
+    return run
 
 
 def check_status(status: str) -> str:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import operator
+import math
 import os
-import shutil
 import sqlite3
 import sys
 import threading
@@ -32,6 +31,7 @@ from . import db_frames as F
 from . import metric_names as M
 from .db_schema import (
     HOST,
+    RUN_COLUMNS,
     SCHEMA_VERSION,
     STATUSES,
     ExperimentDBError,
@@ -46,17 +46,20 @@ from .db_schema import (
     metric_value,
     owner_gone,
     position,
+    run_dict,
+    run_key,
     shown_status,
     upgrade,
 )
-from .workspace import UnsafeNameError, Workspace, atomic_write, check_name, temp_name
+from .workspace import LiveSQLite, UnsafeNameError, Workspace, backup_sqlite, check_name
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "ExperimentDB", "ExperimentDBError", "RunNotFoundError"]
 
 _FINITE = (-sys.float_info.max, sys.float_info.max)  # BETWEEN these drops NaN (NULL) and +-inf
-_RUN_COLUMNS = ["id", "name", "status", "config_json", "tags", "notes", "created_at",
-                "updated_at", "finished_at", "summary_json", "study", "parent_run_id", "pid",
-                "host"]
+WAL_CHECKPOINT_PAGES = 10_000  # the write-ahead log grows to ~40 MB on local disk, then resets
+# Logging metrics marks their run alive (updated_at) at most this often; a run on another host
+# counts as abandoned only after db_schema.STALE_RUN_SECONDS without a write.
+ALIVE_SECONDS = 1.0
 
 
 def _order(mode: str) -> str:
@@ -90,6 +93,7 @@ class ExperimentDB:
         self.verbose = verbose
         self.journal_mode = "memory"
         self._lock = threading.RLock()
+        self._touched: dict[Any, float] = {}  # run id -> when this connection last marked it alive
         memory = str(path) == ":memory:"
         if not memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +136,9 @@ class ExperimentDB:
         self.journal_mode = str(mode).lower()
         if self.journal_mode == "wal":
             self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; never corrupt
+            # A checkpoint fsyncs twice; SQLite's default (every 1,000 pages) did so every ~40-60
+            # per-step log_metrics calls, which cost more than the rows (benchmarks/bench_db.py).
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         elif self.verbose:
             print(f"Note: SQLite WAL mode is not available for {self.path} (journal mode: {mode}); "
                   f"using the rollback journal. Keep the live database on local disk.")
@@ -177,13 +184,10 @@ class ExperimentDB:
 
     def _run_id(self, run: int | str) -> int:
         """A run id, or the newest run with that name; unknown ones are an error, not None."""
+        run = run_key(run)
         if isinstance(run, str):
             rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (run,))
         else:
-            try:
-                run = operator.index(run)
-            except TypeError:
-                raise ExperimentDBError(f"expected a run id or run name, got {run!r}") from None
             rows = self._query("SELECT id FROM runs WHERE id = ?", (run,))
         if not rows:
             raise RunNotFoundError(run, self.path)
@@ -332,40 +336,33 @@ class ExperimentDB:
                          (dumps(merged), time.time(), run_id))
         return merged
 
-    def set_notes(self, run_id: int | str, notes: str) -> None:
-        run_id = self._run_id(run_id)
-        with self._write() as conn:
-            conn.execute("UPDATE runs SET notes = ?, updated_at = ? WHERE id = ?",
-                         (notes, time.time(), run_id))
-
-    def delete_run(self, run_id: int | str) -> None:
-        """Remove a run with its metrics and artifact records (the artifact files stay on disk)."""
-        run_id = self._run_id(run_id)
-        with self._write() as conn:
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-
     def get_run(self, run_id: int | str) -> dict[str, Any]:
         """One run as a dict with its config, tags and summary parsed; a ``running`` row whose
         process is gone says ``interrupted`` (``pid``/``host``: who wrote it last)."""
         run_id = self._run_id(run_id)
-        row = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
-        run = dict(zip(_RUN_COLUMNS, row[0]))
-        run["status"] = shown_status(run["status"], run["pid"], run["host"], run["updated_at"])
-        run["config"] = json.loads(run.pop("config_json"))
-        run["tags"] = json.loads(run["tags"])
-        summary = run.pop("summary_json")
-        run["summary"] = None if summary is None else json.loads(summary)
-        return run
+        row = self._query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+        return run_dict(row[0])
 
     # ------------------------------------------------------------------ metrics
 
     def log_metrics(self, run_id: int, metrics: Mapping[str, Any], step: int | None = None,
                     epoch: int | None = None, wall_time: float | None = None) -> int:
         """One row per metric, all in one transaction. Epoch rows go at the step where the epoch
-        ended, after that epoch's batch rows (see :meth:`get_metrics_wide`)."""
+        ended, after that epoch's batch rows (``db_frames.wide_frame`` relies on it).
+
+        A loop may call this once per step, so step, epoch and run id are checked once per
+        call rather than once per metric (benchmarks/bench_db.py)."""
         wall = time.time() if wall_time is None else float(wall_time)
-        return self.log_metrics_many(
-            [(run_id, name, value, step, epoch, wall) for name, value in metrics.items()])
+        items = iter(metrics.items())
+        first = next(items, None)
+        if first is None:
+            return 0
+        run = run_id if type(run_id) is int else position(run_id, "run_id")
+        value = metric_value(*first)
+        step, epoch = position(step, "step"), position(epoch, "epoch")
+        data = [(run, first[0], value, step, epoch, wall)]
+        data += [(run, name, metric_value(name, value), step, epoch, wall) for name, value in items]
+        return self._insert(data, (run,), time.time())
 
     def log_metrics_many(self, rows: Iterable[Sequence[Any]]) -> int:
         """Batched insert of ``(run_id, name, value, step, epoch, wall_time)`` rows in one
@@ -386,14 +383,23 @@ class ExperimentDB:
             ))
         if not data:
             return 0
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) "
-                "VALUES (?, ?, ?, ?, ?, ?)", data)
-            run_ids = sorted({r[0] for r in data})
-            conn.execute(
-                f"UPDATE runs SET updated_at = ? WHERE id IN ({','.join('?' * len(run_ids))})",
-                (now, *run_ids))
+        return self._insert(data, sorted({r[0] for r in data}), now)
+
+    def _insert(self, data: list[tuple], run_ids: Sequence[Any], now: float) -> int:
+        """The rows, and their runs' ``updated_at`` (what says a run is alive), in one
+        transaction; ``updated_at`` at most once every ``ALIVE_SECONDS``: a loop logging every
+        step would otherwise rewrite the runs table's page with every step's rows."""
+        with self._lock:
+            stale = [r for r in run_ids if now - self._touched.get(r, -math.inf) >= ALIVE_SECONDS]
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", data)
+                if stale:
+                    conn.execute(
+                        f"UPDATE runs SET updated_at = ? WHERE id IN ({','.join('?' * len(stale))})",
+                        (now, *stale))
+            self._touched.update(dict.fromkeys(stale, now))
         return len(data)
 
     def get_metrics(self, run_id: int | str, names: Iterable[str] | None = None) -> pd.DataFrame:
@@ -406,11 +412,6 @@ class ExperimentDB:
             sql += f" AND name IN ({','.join('?' * len(names))})"
             params += names
         return F.metrics_frame(self._query(sql + " ORDER BY step IS NULL, step, id", params))
-
-    def get_metrics_wide(self, run_id: int | str, kind: str = "epoch") -> pd.DataFrame:
-        """A row per epoch (or step), a column per metric: the shapes of the tracker's
-        ``get_summary()`` / ``batch_history()``, so the dashboard can draw a stored run."""
-        return F.wide_frame(self.get_metrics(run_id), _kind(kind))
 
     # ------------------------------------------------------------------ artifacts
 
@@ -431,13 +432,6 @@ class ExperimentDB:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, kind, str(path), size, digest.hexdigest(), time.time()))
             return int(cursor.lastrowid)
-
-    def get_artifacts(self, run_id: int | str) -> pd.DataFrame:
-        run_id = self._run_id(run_id)
-        rows = self._query("SELECT id, kind, path, size, sha256, created_at FROM artifacts "
-                           "WHERE run_id = ? ORDER BY id", (run_id,))
-        return pd.DataFrame.from_records(
-            rows, columns=["id", "kind", "path", "size", "sha256", "created_at"])
 
     # ------------------------------------------------------------------ queries
 
@@ -486,8 +480,10 @@ class ExperimentDB:
 
     def best_run(self, metric: str = M.VAL_LOSS, mode: str = "min", study: str | None = None,
                  status: str | None = None) -> dict[str, Any] | None:
-        """The run with the best finite ``metric`` value (NaN/inf never win), or None."""
-        sql = ("SELECT m.run_id, m.value, m.epoch, m.step FROM metrics m JOIN runs r "
+        """The run with the best finite ``metric`` value (NaN/inf never win), or None; ties go
+        to the lower run id, then the value logged first. One query, however many runs."""
+        columns = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
+        sql = (f"SELECT {columns}, m.value, m.epoch, m.step FROM metrics m JOIN runs r "
                "ON r.id = m.run_id WHERE m.name = ? AND m.value BETWEEN ? AND ?")
         params: list[Any] = [metric, *_FINITE]
         if study is not None:
@@ -496,19 +492,39 @@ class ExperimentDB:
         if status is not None:
             sql += " AND r.status = ?"
             params.append(check_status(status))
-        rows = self._query(sql + f" ORDER BY m.value {_order(mode)}, m.run_id LIMIT 1", params)
+        rows = self._query(sql + f" ORDER BY m.value {_order(mode)}, m.run_id, m.id LIMIT 1",
+                           params)
         if not rows:
             return None
-        run_id, value, epoch, step = rows[0]
-        return {**self.get_run(run_id), "metric": metric, "best_value": value,
-                "best_epoch": epoch, "best_step": step}
+        *run, value, epoch, step = rows[0]
+        return {**run_dict(run), "metric": metric, "best_value": value, "best_epoch": epoch,
+                "best_step": step}
 
     def compare_runs(self, run_ids: Iterable[int | str], metric: str = M.VAL_LOSS,
                      kind: str = "epoch") -> pd.DataFrame:
-        """``metric`` by epoch (or step), one column per run named after it: ``frame.plot()``."""
-        ids = [self._run_id(r) for r in run_ids]
-        curves = {i: self.get_metrics(i, [metric]) for i in ids}
-        return F.compare_frame(curves, {i: self.get_run(i)["name"] for i in ids}, _kind(kind))
+        """``metric`` by epoch (or step), one column per run named after it: ``frame.plot()``.
+
+        Runs are ids or names (the newest run of that name). One query for all of them: each
+        run's rows in step order, the last one logged winning where an epoch was logged twice
+        (a resumed run)."""
+        keys = [run_key(r) for r in run_ids]
+        if not keys:
+            return F.compare_frame([], _kind(kind))
+        params: list[Any] = []
+        for pos, key in enumerate(keys):  # (position, id, name): a name means its newest run
+            params += [pos, None, key] if isinstance(key, str) else [pos, key, None]
+        rows = self._query(
+            f"WITH wanted(pos, id, name) AS (VALUES {', '.join(['(?, ?, ?)'] * len(keys))}), "
+            "found AS (SELECT w.pos, r.id, r.name FROM wanted w JOIN runs r ON r.id = "
+            "COALESCE(w.id, (SELECT MAX(id) FROM runs WHERE name = w.name))) "
+            "SELECT f.pos, f.id, f.name, m.step, m.epoch, m.value FROM found f "
+            "LEFT JOIN metrics m ON m.run_id = f.id AND m.name = ? "
+            "ORDER BY f.pos, m.step IS NULL, m.step, m.id", [*params, metric])
+        found = {row[0] for row in rows}
+        missing = next((pos for pos in range(len(keys)) if pos not in found), None)
+        if missing is not None:
+            raise RunNotFoundError(keys[missing], self.path)
+        return F.compare_frame(rows, _kind(kind))
 
     # ------------------------------------------------------------------ Drive copies
 
@@ -518,46 +534,30 @@ class ExperimentDB:
         """The workspace's database, live on local disk when the workspace is on Drive.
 
         On a fresh Colab VM the local copy is gone but Drive still has the history: restore
-        it first, so new runs extend the old history instead of replacing it at the next sync.
+        it first (a corrupt Drive copy is reported, not restored), so new runs extend the old
+        history instead of replacing it at the next sync.
         """
-        target = workspace.db_path
-        if not workspace.on_drive:
-            return cls(target, verbose=verbose, **kwargs)
-        local = Path(workspace.staging) / target.name
-        if not local.exists() and target.exists() and target.stat().st_size > 0:
-            check_file(target)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(temp_name(local.name))
-            try:
-                shutil.copyfile(target, tmp)
-                # link, not replace: never swap the file under a process that restored it first
-                # and is already writing to it (several search workers on a fresh VM).
-                os.link(tmp, local)
-                if verbose:
-                    print(f"Restored the experiment history from {target} to local disk ({local}).")
-            except FileExistsError:
-                pass  # another process restored it a moment ago: use that copy
-            finally:
-                tmp.unlink(missing_ok=True)
-        return cls(local, sync_to=target, staging=workspace.staging, verbose=verbose, **kwargs)
+        files = LiveSQLite.in_workspace(workspace, workspace.db_path)
+        if files.live == files.kept:
+            return cls(files.kept, verbose=verbose, **kwargs)
+        if files.restore(check=check_file) and verbose:
+            print(f"Restored the experiment history from {files.kept} to local disk "
+                  f"({files.live}).")
+        return cls(files.live, sync_to=files.kept, staging=files.staging, verbose=verbose,
+                   **kwargs)
 
     def backup_to(self, dest: str | Path, staging: str | Path | None = None) -> Path:
-        """A consistent copy at ``dest`` (SQLite backup API, then one rename: readers of
-        ``dest`` see the old copy or the new one). The copy is a single self-contained file."""
+        """A consistent copy at ``dest`` (see :func:`workspace.backup_sqlite`): a single
+        self-contained file that readers see whole, old or new."""
         dest = Path(dest)
         if dest.exists() and dest.resolve() == self.path.resolve():
             raise ExperimentDBError(f"{dest} is the live database itself; back up somewhere else")
 
-        def write(tmp: Path) -> None:
-            copy = sqlite3.connect(str(tmp))
-            try:
-                with self._lock, self._errors():
-                    self._connection().backup(copy)
-                copy.execute("PRAGMA journal_mode = DELETE")  # no -wal file to go missing
-            finally:
-                copy.close()
+        def copy_into(copy: sqlite3.Connection) -> None:
+            with self._lock, self._errors():
+                self._connection().backup(copy)
 
-        return atomic_write(dest, write, staging=staging)
+        return backup_sqlite(dest, copy_into, None if staging is None else Path(staging))
 
     def sync(self) -> Path | None:
         """Copy the live database to the workspace when they differ (Drive); no-op otherwise."""

@@ -1,4 +1,4 @@
-"""Taking results home: what the workspace holds, a model bundle per run, a zip, run tables.
+"""Taking a run home: what the workspace holds, a model bundle per run, a zip, a download.
 
 A bundle (``results/bundles/<run>/``) is what someone needs to use a trained model without the
 workspace, or this library: the built-in GPT as a Hugging Face GPT-2 folder (``config.json``,
@@ -15,13 +15,10 @@ run's reported val loss belongs to. Floor 6: wiring over checkpoints, models, da
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
-import sys
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +26,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import metric_names as M
-from .checkpoints import (
-    TOKENIZER_FILE,
-    CheckpointError,
-    checkpoint_files,
-    load_checkpoint,
-    load_run_tokenizer,
-)
+from .checkpoints import CheckpointError, CheckpointManager, checkpoint_files, load_checkpoint
+from .dashboard import TrainingDashboard
 from .data import load_tokenizer, tokenizer_from_dict
 from .data.tokenizer import save_tokenizer
 from .errors import PersonFacing
+from .experiment_db import ExperimentDB, ExperimentDBError, RunNotFoundError
+from .metrics_tracker import NoDatabase
 from .models import ModelLoadError, build_model, generate, load_exported_model, parse_source
-from .models.export_source import file_hashes, read_config
+from .models.export_source import default_cache_dir, file_hashes, read_config
 from .models.gpt import gpt_config
 from .models.hf_gpt2 import (
     TRANSFORMERS_SNIPPET,
@@ -52,12 +45,12 @@ from .models.hf_gpt2 import (
 )
 from .models.standalone import torch_snippet
 from .models.weights import load_weights, save_weights
+from .run import TrainingSession
 from .training_config import TrainingConfig
 from .workspace import (
     ARCHIVES,
     BUNDLES,
     RESULT_SUFFIXES,
-    UnsafeNameError,
     Workspace,
     atomic_dir,
     in_colab,
@@ -65,9 +58,8 @@ from .workspace import (
 )
 
 __all__ = [
-    "ExportError", "add_export_command", "add_runs_command", "download", "export_archive",
-    "export_bundle", "export_summary", "generate_text", "human_size", "load_bundle",
-    "run_comparison_table",
+    "ExportError", "download", "export_archive", "export_bundle", "export_summary",
+    "generate_text", "human_size", "load_bundle",
 ]
 
 MODEL_SOURCE_DIR = "model_source"  # an exported model's own model.py + config.json
@@ -154,7 +146,8 @@ def export_summary(workspace: Workspace, run_name: str | None = None) -> pd.Data
 # --------------------------------------------------------------------------- bundle
 
 
-def _run_and_workspace(run: Any, workspace: Workspace | None) -> tuple[str, Workspace, Any]:
+def _run_and_workspace(run: str | TrainingSession, workspace: Workspace | None
+                       ) -> tuple[str, Workspace, TrainingSession | None]:
     """(run name, workspace, session or None) from a run name or a TrainingSession."""
     session = None if isinstance(run, str) else run
     if session is not None:
@@ -171,10 +164,9 @@ def _run_and_workspace(run: Any, workspace: Workspace | None) -> tuple[str, Work
 def _checkpoint(workspace: Workspace, run: str) -> Path:
     """The run's newest best checkpoint, else its newest periodic one."""
     folder = workspace.run_dir(run, create=False)
-    files = checkpoint_files(folder) if folder.is_dir() else []  # newest first
-    chosen = [f for f in files if f.best] or files
-    if chosen:
-        return chosen[0].path
+    chosen = CheckpointManager(folder, create=False).best_or_latest()
+    if chosen is not None:
+        return chosen
     runs = sorted(p.name for p in workspace.checkpoints.iterdir() if p.is_dir() and
                   checkpoint_files(p)) if workspace.checkpoints.exists() else []
     hint = ("Search trials keep no checkpoints (unless run_search(keep_trial_checkpoints="
@@ -184,7 +176,8 @@ def _checkpoint(workspace: Workspace, run: str) -> Path:
                       f"{', '.join(runs) or 'none'}. {hint}")
 
 
-def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -> Path:
+def _source_folder(config: TrainingConfig, session: TrainingSession | None,
+                   workspace: Workspace) -> Path:
     """Where an exported (Transformer Builder) model's own files are."""
     info = getattr(getattr(session, "model", None), "source_info", None) or {}
     if info.get("folder"):
@@ -192,8 +185,6 @@ def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -
     src = parse_source(config.model_ref)
     if src.kind == "folder" and src.folder is not None:
         return Path(src.folder)
-    from .models.export_source import default_cache_dir
-
     # Training caches Gists in the workspace (they survive a new VM there); the temp cache is
     # where a bare load_exported_model call puts them. A pinned revision must match exactly.
     pattern = f"{src.gist_id}-{src.revision}" if src.revision else f"{src.gist_id}-*"
@@ -209,8 +200,8 @@ def _source_folder(config: TrainingConfig, session: Any, workspace: Workspace) -
     return cached[-1]
 
 
-def _recipe(config: TrainingConfig, session: Any, folder: Path, vocab_size: int,
-            trust: bool) -> dict[str, Any]:
+def _recipe(config: TrainingConfig, session: TrainingSession | None, folder: Path,
+            vocab_size: int, trust: bool) -> dict[str, Any]:
     """How the exported model was built and called, for the README's plain-torch lines.
 
     The session's model recorded it when it was loaded; without a session the model is loaded
@@ -297,8 +288,8 @@ def _builder_part(tmp: Path, state: dict, config: TrainingConfig, tokenizer: Any
               f"files' SHA-256:\n{hashes}")
 
 
-def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None, *,
-                  trust: bool = False) -> Path:
+def export_bundle(run: str | TrainingSession, workspace: Workspace | None = None,
+                  db: ExperimentDB | NoDatabase | None = None, *, trust: bool = False) -> Path:
     """Write ``results/bundles/<run>/`` and return it; ``run`` is a run name or a session.
 
     The built-in GPT becomes a Hugging Face GPT-2 folder; a Transformer Builder model keeps its
@@ -307,15 +298,17 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None, 
     and swapped in whole, so a disconnect never leaves half a bundle.
     """
     name, workspace, session = _run_and_workspace(run, workspace)
+    db = db if db is not None else NoDatabase()  # no history: nothing is recorded
     checkpoint = _checkpoint(workspace, name)
     try:
         state = load_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise ExportError(f"Cannot export run {name!r}: {exc}") from exc
     config = TrainingConfig.from_dict(state["config"])
-    token_file = workspace.run_dir(name, create=False) / TOKENIZER_FILE
+    checkpoints = CheckpointManager(workspace.run_dir(name, create=False), create=False)
+    token_file = checkpoints.tokenizer_path
     try:  # a missing or damaged tokenizer.json is restored from the checkpoints' copy
-        tokenizer = load_run_tokenizer(workspace.run_dir(name, create=False))
+        tokenizer = checkpoints.tokenizer()
     except CheckpointError as exc:
         raise ExportError(f"Cannot export run {name!r}: {exc}") from exc
     if tokenizer is None and state.get("tokenizer"):
@@ -350,11 +343,7 @@ def export_bundle(run: Any, workspace: Workspace | None = None, db: Any = None, 
     return final
 
 
-def _log_artifact(db: Any, run: str, kind: str, path: Path) -> None:
-    if db is None:
-        return
-    from .experiment_db import ExperimentDBError
-
+def _log_artifact(db: ExperimentDB | NoDatabase, run: str, kind: str, path: Path) -> None:
     try:
         db.log_artifact(run, kind, path)
     except ExperimentDBError as exc:
@@ -433,10 +422,9 @@ def generate_text(model: nn.Module, tokenizer: Any, prompt: str = "", max_new_to
 # --------------------------------------------------------------------------- archive
 
 
-def _dashboard(name: str, workspace: Workspace, config: TrainingConfig, db: Any) -> None:
+def _dashboard(name: str, workspace: Workspace, config: TrainingConfig,
+               db: ExperimentDB | NoDatabase) -> None:
     """The run's dashboard PNG, drawn from its metrics CSV (or the DB) when it is missing."""
-    from .dashboard import TrainingDashboard
-
     path = workspace.result(name, "dashboard")
     if path.is_file():
         return
@@ -446,19 +434,21 @@ def _dashboard(name: str, workspace: Workspace, config: TrainingConfig, db: Any)
         history = pd.read_csv(batches) if batches.is_file() else None
         board = TrainingDashboard(pd.read_csv(metrics), history, run_name=name,
                                   config=config.to_dict())
-    elif db is not None:
-        board = TrainingDashboard.from_db(db, name)
     else:
-        print(f"Note: run {name!r} has no dashboard PNG and no metrics CSV; the archive goes "
-              "without a dashboard.")
-        return
+        try:
+            board = TrainingDashboard.from_db(db, name)
+        except RunNotFoundError:  # no database, or none that holds the run
+            print(f"Note: run {name!r} has no dashboard PNG, no metrics CSV and no history in an "
+                  "experiment database; the archive goes without a dashboard.")
+            return
     board.save(path)
 
 
-def export_archive(run: Any, workspace: Workspace | None = None, db: Any = None, *,
-                   trust: bool = False) -> Path:
+def export_archive(run: str | TrainingSession, workspace: Workspace | None = None,
+                   db: ExperimentDB | NoDatabase | None = None, *, trust: bool = False) -> Path:
     """``results/archives/<run>.zip``: bundle, dashboard, metrics CSVs and config, atomically."""
     name, workspace, _ = _run_and_workspace(run, workspace)
+    db = db if db is not None else NoDatabase()  # no history: nothing is recorded or drawn from
     bundle = export_bundle(run, workspace, db, trust=trust)
     config = _bundle_training_config(bundle)
     members = [(f, f"{name}/bundle/{f.name}") for f in _files(bundle)
@@ -492,101 +482,3 @@ def download(path: str | Path) -> Path:
         print(f"Saved at {path} ({human_size(path.stat().st_size)})")
     return path
 
-
-# --------------------------------------------------------------------------- runs
-
-
-def run_comparison_table(db: Any, run_ids: Sequence[int | str] | None = None,
-                         last: int = 5) -> pd.DataFrame:
-    """Hyperparameters that differ between runs, best val loss, epochs, time and tokens/s.
-
-    Default: the ``last`` runs in the database, oldest first (the order they were tried in).
-    """
-    from .dashboard import comparison_table, metrics_frames
-
-    if run_ids is None:
-        run_ids = list(db.list_runs(limit=last)["id"])[::-1]
-    if not run_ids:
-        raise ExportError("No runs to compare: the experiment database is empty.")
-    entries, ids, statuses = [], [], []
-    for run_id in run_ids:
-        run = db.get_run(run_id)
-        summary, _ = metrics_frames(db.get_metrics(run["id"]))
-        entries.append({"name": run["name"], "config": run["config"], "summary": summary})
-        ids.append(run["id"])
-        statuses.append(run["status"])
-    table = comparison_table(entries, metric=M.VAL_LOSS)
-    table.insert(0, "id", ids)
-    table.insert(2, "status", statuses)
-    return table
-
-
-def _runs_table(db: Any, limit: int, study: str | None) -> pd.DataFrame:
-    runs = db.list_runs(limit=limit, study=study)
-    best = "best_val_loss"
-    minutes = runs["duration_s"] / 60
-    return pd.DataFrame({
-        "id": runs["id"], "name": runs["name"], "status": runs["status"],
-        "started": runs["created"].dt.strftime("%Y-%m-%d %H:%M"),
-        "epochs": runs["epochs"], "best val loss": runs[best].round(4),
-        "minutes": minutes.round(1), "study": runs["study"].fillna(""),
-        "tags": [", ".join(t) for t in runs["tags"]],
-    })
-
-
-def _open_db(workspace: Workspace) -> Any:
-    from .experiment_db import ExperimentDB
-
-    return ExperimentDB.open_for_workspace(workspace, verbose=False)
-
-
-def _cmd_runs(args: argparse.Namespace) -> int:
-    workspace = Workspace.setup(args.workspace, verbose=False)
-    with _open_db(workspace) as db:
-        table = _runs_table(db, args.last, args.study)
-        if table.empty:
-            print(f"No runs yet in {workspace.db_path}.")
-            return 0
-        print(table.to_string(index=False))
-        if args.compare:
-            compared = run_comparison_table(db, last=args.last)
-            print("\n" + compared.to_string(index=False))
-            if compared.attrs.get("caveat"):
-                print(f"Caution: {compared.attrs['caveat']}")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    workspace = Workspace.setup(args.workspace)
-    try:
-        with _open_db(workspace) as db:
-            archive = export_archive(args.run, workspace, db, trust=args.trust)  # bundle first
-    except (ExportError, UnsafeNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    bundle = workspace.bundle_dir(args.run)
-    print(f"Bundle:  {bundle}\nArchive: {archive} ({human_size(archive.stat().st_size)})")
-    return 0
-
-
-def add_runs_command(subparsers: Any) -> argparse.ArgumentParser:
-    """``python -m utils.training runs``: the experiment database as a table."""
-    p = subparsers.add_parser("runs", help="list the runs in the experiment database")
-    p.add_argument("--last", type=int, default=20, metavar="N", help="newest N runs (default 20)")
-    p.add_argument("--study", metavar="NAME", help="only the trials of this search study")
-    p.add_argument("--compare", action="store_true",
-                   help="also show the settings that differ between them")
-    p.add_argument("--workspace", metavar="DIR", help="workspace folder")
-    p.set_defaults(func=_cmd_runs)
-    return p
-
-
-def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
-    """``python -m utils.training export RUN``: bundle + zip archive of a run."""
-    p = subparsers.add_parser("export", help="write a run's model bundle and zip archive")
-    p.add_argument("run", metavar="RUN", help="the run name")
-    p.add_argument("--workspace", metavar="DIR", help="workspace folder")
-    p.add_argument("--trust", action="store_true",
-                   help="a Gist model's run: let its model.py run once to write the README")
-    p.set_defaults(func=_cmd_export)
-    return p

@@ -5,17 +5,23 @@ precision is made here, once, from the hardware, and printed with its reason so 
 to guess why a run is slow or why it uses a grad scaler. And what cannot work on this machine
 (fp16 without a GPU, a model or synthetic data bigger than memory) is refused here, through
 ``TrainingConfig.validate(machine)``, before any data is loaded or any memory allocated.
+What the process meets while training is here too: one device only, Ctrl-C, and running out
+of GPU memory, each turned into something a person can act on.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .errors import PersonFacing
 from .training_config import PRECISIONS, ConfigError, TrainingConfig
 
 # What training takes per parameter: fp32 weights (4 bytes), their gradients (4) and AdamW's two
@@ -39,11 +45,20 @@ class Precision:
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})"
 
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        """Autocast to this precision on ``device``; nothing for fp32."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
 
 def choose_device(prefer: str | None = None) -> torch.device:
-    if prefer:
-        return torch.device(prefer)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to train on. A bare "cuda" gets the current GPU's index, so that everything
+    that reads the device (GPU readings, memory statistics) names the same GPU."""
+    device = torch.device(prefer or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def device_description(device: torch.device) -> str:
@@ -310,5 +325,75 @@ def detect_machine(device: str | torch.device | None = None) -> Machine:
 def validate_for_hardware(config: TrainingConfig, device: str | torch.device | None = None,
                           machine: Machine | None = None) -> TrainingConfig:
     """``config.validate()`` plus what this machine cannot do, in one ConfigError listing
-    every problem; call it before loading data (``pipeline.prepare`` does)."""
+    every problem; call it before loading data (``run.validate_config`` does)."""
     return config.validate(machine if machine is not None else detect_machine(device))
+
+
+# --------------------------------------------------------------------------- the process
+
+
+class TrainingOutOfMemoryError(PersonFacing, torch.cuda.OutOfMemoryError):
+    """CUDA ran out of memory; the message says which settings to lower. A subclass of torch's
+    error, so code that already catches that (the search's trials) keeps working."""
+
+
+def refuse_multi_process() -> None:
+    """Training runs on one device: a torchrun launch is refused rather than run N times over."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "This Trainer runs on one device; multi-process (torchrun/DDP) training is not "
+            "built yet. Run it without torchrun."
+        )
+
+
+@contextmanager
+def explain_out_of_memory(config: TrainingConfig, precision: Precision) -> Iterator[None]:
+    """Turn CUDA's out-of-memory error into what to change; the last checkpoint is intact."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        if isinstance(exc, TrainingOutOfMemoryError):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        smaller = max(1, config.batch_size // 2)
+        raise TrainingOutOfMemoryError(
+            f"The GPU ran out of memory at batch_size {config.batch_size} x block_size "
+            f"{config.block_size} ({precision.name}). Set batch_size = {smaller} and "
+            f"grad_accum_steps = {config.grad_accum_steps * 2} (the same tokens per step), or a "
+            "smaller block_size or model; then run again: it resumes from the last checkpoint."
+        ) from exc
+
+
+@dataclass
+class Interrupt:
+    """Whether Ctrl-C asked the loop to stop at its next safe point."""
+
+    requested: bool = False
+
+
+@contextmanager
+def deferred_interrupt(say: Callable[[str], None]) -> Iterator[Interrupt]:
+    """The first Ctrl-C (or Colab's "Interrupt execution") only sets ``requested``, so the loop
+    can finish its step and save a checkpoint before stopping, and an interrupted run resumes
+    exactly; a second one stops at once. Signal handlers can only be set from the main thread;
+    elsewhere Ctrl-C is left as is."""
+    interrupt = Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupt
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if interrupt.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        interrupt.requested = True
+        say("Interrupt: finishing this step and saving a checkpoint "
+            "(interrupt again to stop at once, without saving).")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)

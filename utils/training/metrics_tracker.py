@@ -11,19 +11,20 @@ wandb.log call costs more than a tiny model's step), the epoch row at the step w
 ended. W&B silently drops a row whose step is below one it has seen, so the tracker
 never sends one (and says so once if the caller tries).
 
-The database is duck-typed (``log_metrics``, ``log_metrics_many``, ``finish_run`` and, where it
-has them, ``sync`` and ``delete_metrics_after``); this module never imports ``experiment_db``.
+The database is anything with :class:`TrackerDatabase`'s methods (an ``ExperimentDB``); this
+module never imports ``experiment_db``. Without one the tracker writes to :class:`NoDatabase`,
+and without W&B to a ``DisabledRun``: stand-ins that do nothing, so no code here asks "is there
+a database?" or "is W&B on?".
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,9 @@ import pandas as pd
 from . import gpu
 from . import metric_names as M
 from .callbacks import Callback
+from .db_schema import RunNotFoundError
 from .errors import PersonFacing
+from .wandb_setup import DisabledRun
 from .workspace import RESULT_SUFFIXES, atomic_write, check_name
 
 # A checkpoint keeps at most this many batch rows (evenly thinned beyond it): the database has
@@ -53,11 +56,49 @@ class TrackingError(PersonFacing, ValueError):
     """The tracker was used in a way that cannot work; the message says how to call it."""
 
 
+class TrackerDatabase(Protocol):
+    """What the tracker writes through: ``ExperimentDB``'s methods of these names."""
+
+    def log_metrics(self, run_id: Any, metrics: Mapping[str, Any], step: int | None = None,
+                    epoch: int | None = None) -> Any: ...
+    def log_metrics_many(self, rows: Iterable[Sequence[Any]]) -> Any: ...
+    def finish_run(self, run_id: Any, status: str = ..., summary: Any = None) -> Any: ...
+    def set_status(self, run_id: Any, status: str) -> Any: ...
+    def delete_metrics_after(self, run_id: Any, step: int) -> Any: ...
+    def sync(self) -> Any: ...
+
+
+class NoDatabase:
+    """The experiment database when there is none (a run without a workspace, a bare tracker):
+    the methods of ``ExperimentDB`` that the tracker, ``TrainingSession`` and ``export`` call,
+    doing nothing. It holds no runs: ``get_run`` says so as ``ExperimentDB`` does for a run it
+    does not have, and ``start_run`` keeps whatever run id the caller already had."""
+
+    def start_run(self, config: Any = None, *, resume_run_id: Any = None, **kwargs: Any) -> Any:
+        return resume_run_id
+
+    def get_run(self, run_id: Any) -> dict[str, Any]:
+        raise RunNotFoundError(run_id, "no experiment database",
+                               "this run keeps no history (pass db=ExperimentDB(...) for one)")
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None: ...
+    def log_metrics_many(self, rows: Iterable[Sequence[Any]]) -> None: ...
+    def finish_run(self, *args: Any, **kwargs: Any) -> None: ...
+    def set_status(self, run_id: Any, status: str) -> None: ...
+    def delete_metrics_after(self, run_id: Any, step: int) -> None: ...
+    def log_artifact(self, run_id: Any, kind: str, path: str | Path) -> None: ...
+    def sync(self) -> None: ...
+
+    def __repr__(self) -> str:
+        return "NoDatabase()"
+
+
 class MetricsTracker(Callback):
     """Collects batch and epoch metrics and fans them out to the DB, W&B and CSV files.
 
-    ``db``/``run_id``: an ExperimentDB and the run from ``db.start_run(config)`` (both optional).
-    ``wandb_run``: a run from ``init_wandb`` (or anything with ``.log/.summary/.finish/.id``).
+    ``db``/``run_id``: an ExperimentDB and the run from ``db.start_run(config)`` (both optional;
+    no db: a :class:`NoDatabase`). ``wandb_run``: a run from ``init_wandb`` (or anything with
+    ``.log/.summary/.finish/.id/.step``; none: a ``DisabledRun``).
     ``track_gpu``: add gpu/* readings each epoch (and cpu/rss_gb). ``flush_every``: optimizer
     steps kept in memory between DB writes.
 
@@ -69,7 +110,7 @@ class MetricsTracker(Callback):
 
     def __init__(
         self,
-        db: Any = None,
+        db: TrackerDatabase | None = None,
         run_id: Any = None,
         wandb_run: Any = None,
         track_gpu: bool = True,
@@ -80,9 +121,8 @@ class MetricsTracker(Callback):
         if not isinstance(flush_every, int) or flush_every < 1:
             raise TrackingError(f"flush_every={flush_every!r}: must be a whole number >= 1 "
                                 "(optimizer steps between database writes).")
-        self.db = db
+        self.db: TrackerDatabase = db if db is not None else NoDatabase()
         self.run_id = run_id
-        self.wandb_run = wandb_run
         self.track_gpu = track_gpu
         self.flush_every = flush_every
         self.device_index = device_index
@@ -90,9 +130,9 @@ class MetricsTracker(Callback):
         self.epochs: list[dict[str, float]] = []
         self._batches: dict[str, array] = {name: array("d") for name in _BATCH_FIELDS}
         self._flushed = 0  # batch rows already in the database
-        self._wandb_id: str | None = getattr(wandb_run, "id", None)
+        self.wandb_run = wandb_run  # also sets _wandb_attached
+        self._wandb_id: str | None = self.wandb_run.id
         self._wandb_step = -1  # highest step sent to W&B
-        self._wandb_attached = False
         self._warned_step = False
         self._gpu_samples: dict[str, list[float]] = {}
         self._last_gpu_sample = -math.inf
@@ -107,17 +147,14 @@ class MetricsTracker(Callback):
         if getattr(device, "type", None) == "cpu":
             self._on_cpu = True
         elif getattr(device, "type", None) == "cuda" and self.device_index is None:
-            index = device.index
-            if index is None:
-                index = sys.modules["torch"].cuda.current_device()
-            self.device_index = index
+            # The Trainer's device names its GPU (hardware.choose_device fills in the index).
+            self.device_index = device.index
         step = int(getattr(trainer, "global_step", 0) or 0)
-        trim = getattr(self.db, "delete_metrics_after", None)
-        if callable(trim) and (step > 0 or self.run_id is not None):
+        if step > 0 or self.run_id is not None:
             # Rows of this run after the step training starts from (written after the last
             # checkpoint, or by an attempt killed before its first one, whose row start_run
             # took over) are about to be recomputed: drop them so each step is stored once.
-            trim(self._db_run_id(), step)
+            self.db.delete_metrics_after(self._db_run_id(), step)
         self._wandb()
 
     def on_step_end(self, trainer: Any, metrics: dict[str, float]) -> None:
@@ -129,7 +166,7 @@ class MetricsTracker(Callback):
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.log_epoch(metrics)
-        self._sync()  # the Drive copy of the database is at most one epoch behind
+        self.db.sync()  # the Drive copy of the database is at most one epoch behind
 
     def on_train_end(self, trainer: Any, result: Any) -> None:
         status = str(getattr(result, "status", M.COMPLETED))
@@ -182,8 +219,7 @@ class MetricsTracker(Callback):
         self.epochs = [r for r in self.epochs if r[M.EPOCH] < epoch]
         self.epochs.append(row)
         values = {k: v for k, v in row.items() if k not in (M.EPOCH, M.STEP)}
-        if self.db is not None:
-            self.db.log_metrics(self._db_run_id(), values, step=step, epoch=epoch)
+        self.db.log_metrics(self._db_run_id(), values, step=step, epoch=epoch)
         self._log_wandb({**values, M.EPOCH: epoch}, step)
         return dict(row)
 
@@ -191,8 +227,7 @@ class MetricsTracker(Callback):
         """Write the batch rows not yet in the database, in one ``log_metrics_many`` call;
         returns how many steps it wrote."""
         n = len(self._batches[M.STEP])
-        if self.db is None or n == self._flushed:
-            self._flushed = n
+        if n == self._flushed:
             return 0
         written = n - self._flushed
         run_id, b = self._db_run_id(), self._batches
@@ -214,10 +249,9 @@ class MetricsTracker(Callback):
         again after an interrupt): the DB run is running again and a new W&B handle, resuming
         the same W&B run, replaces the finished one."""
         self._finished = False
-        if self.db is not None and self.run_id is not None:
+        if self.run_id is not None:
             self.db.set_status(self.run_id, M.RUNNING)
         self.wandb_run = wandb_run
-        self._wandb_attached = False
 
     def abort(self, status: str = M.FAILED) -> None:
         """Close the runs of a training that ended with an exception (which skips
@@ -231,16 +265,14 @@ class MetricsTracker(Callback):
         self._finished = True
         self.flush()
         summary = dict(summary or {})
-        if self.db is not None:
-            self.db.finish_run(self._db_run_id(), status=status, summary=summary)
-            self._sync()
+        self.db.finish_run(self._db_run_id(), status=status, summary=summary)
+        self.db.sync()
         run = self._wandb()
-        if run is not None:
-            run.summary.update({**summary, "status": status})
-            run.finish(exit_code=1 if status in M.FAILED_STATUSES else 0)  # W&B marks the run failed
-            if getattr(run, "offline", False):
-                sync_dir = run.settings.sync_dir
-                print(f"W&B: this run was logged offline; to upload it: wandb sync {sync_dir}")
+        run.summary.update({**summary, "status": status})
+        run.finish(exit_code=1 if status in M.FAILED_STATUSES else 0)  # W&B marks the run failed
+        if getattr(run, "offline", False):
+            sync_dir = run.settings.sync_dir
+            print(f"W&B: this run was logged offline; to upload it: wandb sync {sync_dir}")
 
     def final_summary(self, result: Any = None) -> dict[str, Any]:
         """The numbers a run is remembered by, from the ``TrainingResult`` and the history."""
@@ -317,6 +349,16 @@ class MetricsTracker(Callback):
         return path
 
     @property
+    def wandb_run(self) -> Any:
+        """The W&B run the history goes to (a ``DisabledRun`` when W&B is off)."""
+        return self._wandb_run
+
+    @wandb_run.setter
+    def wandb_run(self, run: Any) -> None:
+        self._wandb_run = run if run is not None else DisabledRun()
+        self._wandb_attached = False  # the next use learns its id and where its steps are
+
+    @property
     def wandb_run_id(self) -> str | None:
         """The W&B run this history belongs to (restored from a checkpoint before one exists)."""
         return self._wandb_id
@@ -331,7 +373,7 @@ class MetricsTracker(Callback):
         checkpoint on Drive comes with a Drive copy of the database that matches it, so a fresh
         VM restores both (the epoch-end sync has already copied everything else)."""
         if self.flush():
-            self._sync()
+            self.db.sync()
         n = len(self._batches[M.STEP])
         batches = {name: col.tolist() for name, col in self._batches.items()}
         if n > MAX_CHECKPOINT_BATCHES:
@@ -373,17 +415,15 @@ class MetricsTracker(Callback):
     def _wandb(self) -> Any:
         """The W&B run; the first call after one is set learns its id and where its steps are."""
         run = self.wandb_run
-        if run is not None and not self._wandb_attached:
+        if not self._wandb_attached:
             self._wandb_attached = True
-            self._wandb_id = getattr(run, "id", None) or self._wandb_id
+            self._wandb_id = run.id or self._wandb_id
             # A resumed online run already holds steps up to run.step; never log below them.
-            self._wandb_step = max(self._wandb_step, int(getattr(run, "step", 0) or 0))
+            self._wandb_step = max(self._wandb_step, int(run.step or 0))
         return run
 
     def _log_wandb(self, data: dict[str, float], step: int) -> None:
         run = self._wandb()
-        if run is None:
-            return
         if step < self._wandb_step:
             if not self._warned_step:
                 self._warned_step = True
@@ -395,15 +435,10 @@ class MetricsTracker(Callback):
         self._wandb_step = step
 
     def _db_run_id(self) -> Any:
-        if self.run_id is None:
+        if self.run_id is None and not isinstance(self.db, NoDatabase):
             raise TrackingError("MetricsTracker has a db but no run_id: set tracker.run_id = "
                                 "db.start_run(config) (or pass run_id=) before training.")
         return self.run_id
-
-    def _sync(self) -> None:
-        sync = getattr(self.db, "sync", None)
-        if callable(sync):
-            sync()
 
     def _gpu_wanted(self) -> bool:
         return self.track_gpu and not self._on_cpu

@@ -12,14 +12,11 @@ a fresh VM restores it from there, like ``ExperimentDB`` does.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import logging
 import math
 import shutil
-import sqlite3
-import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +27,9 @@ import torch
 
 from . import metric_names as M
 from .callbacks import Callback
+from .data import load_token_data
+from .experiment_db import ExperimentDB
+from .run import TrainingSession, validate_config
 from .search_result import FINISHED, INTERRUPTED, SEARCH_DIR, SearchResult, trial_line
 from .search_space import (
     Param,
@@ -41,11 +41,11 @@ from .search_space import (
 )
 from .trainer import TrainingDivergedError
 from .training_config import NOT_HYPERPARAMETERS, RUN_NAME_RE, TrainingConfig
-from .workspace import Workspace, atomic_write
+from .workspace import LiveSQLite, Workspace
 
 __all__ = [
-    "SearchError", "SearchResult", "SearchSpaceError", "add_search_command",
-    "create_search_study", "default_space", "load_search", "run_search",
+    "SearchError", "SearchResult", "SearchSpaceError", "create_search_study", "default_space",
+    "load_search", "run_search",
 ]
 
 MEDIAN_STARTUP_TRIALS = 3  # trials that finish unpruned before the median means anything
@@ -78,58 +78,24 @@ def study_path(workspace: Workspace, study_name: str) -> Path:
     return workspace.path_in(SEARCH_DIR, study_name, ".db", what="study name")
 
 
-def _live_path(workspace: Workspace, study_name: str) -> Path:
-    if not workspace.on_drive:
-        return study_path(workspace, study_name)
-    return workspace.path_in(Path(workspace.staging) / SEARCH_DIR, study_name, ".db",
-                             what="study name")
+def _files(workspace: Workspace, study_name: str) -> LiveSQLite:
+    """The study's live file (local disk) and its kept copy (the workspace, maybe Drive)."""
+    return LiveSQLite.in_workspace(workspace, study_path(workspace, study_name))
 
 
 def _restore(workspace: Workspace, study_name: str) -> Path:
     """The live file; on a fresh VM, first copied back from Drive so the study continues."""
-    live, kept = _live_path(workspace, study_name), study_path(workspace, study_name)
-    live.parent.mkdir(parents=True, exist_ok=True)
-    if live != kept and not live.exists() and kept.exists():
-        atomic_write(live, lambda tmp: shutil.copyfile(kept, tmp))
-        print(f"Restored search study {study_name!r} from {kept} to local disk.")
-    return live
+    files = _files(workspace, study_name)
+    files.live.parent.mkdir(parents=True, exist_ok=True)
+    if files.restore():
+        print(f"Restored search study {study_name!r} from {files.kept} to local disk.")
+    return files.live
 
 
 def _sync(workspace: Workspace | None, study_name: str) -> None:
     """Copy the live study to Drive, consistently even while another worker writes to it."""
-    if workspace is None or not workspace.on_drive:
-        return
-    live = _live_path(workspace, study_name)
-
-    def write(tmp: Path) -> None:
-        source, copy = sqlite3.connect(str(live), timeout=60), sqlite3.connect(str(tmp))
-        try:
-            source.backup(copy)
-        finally:
-            source.close()
-            copy.close()
-
-    atomic_write(study_path(workspace, study_name), write, staging=workspace.staging)
-
-
-@contextlib.contextmanager
-def _creation_lock(path: Path) -> Iterator[None]:
-    """Serialise creating a fresh SQLite study: two processes doing it at once can crash
-    (FACTS.md). The lock file sits next to the live (local) file, where locks work. ``fcntl``
-    exists on Linux and macOS (Colab included); elsewhere, create the study with
-    :func:`create_search_study` before starting workers."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    if workspace is not None:
+        _files(workspace, study_name).backup()
 
 
 @contextlib.contextmanager
@@ -190,12 +156,12 @@ def create_search_study(
     already in the study: a continued study does not replay its first random trials. Parallel
     workers should pass different ``sampler_seed`` values for the same reason.
     """
-    config.validate()
+    validate_config(config, hardware=False)  # after run_search's own call: a lookup
     name = _study_name(config, study_name)
     params = parse_space(space, config)
     epochs = int(trial_epochs or config.epochs)
     storage = _storage(workspace, name)
-    lock = _creation_lock(_live_path(workspace, name)) if workspace else contextlib.nullcontext()
+    lock = _files(workspace, name).creation_lock() if workspace else contextlib.nullcontext()
     with lock, _quiet_optuna():
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                     load_if_exists=True)
@@ -279,8 +245,6 @@ def _free_memory() -> None:
 
 def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None, db: Any,
                study_name: str, epochs: int, keep_checkpoints: bool, interrupted: _Interrupted):
-    from .session import TrainingSession  # the wiring module; imported late, it is the heaviest
-
     def objective(trial: optuna.Trial) -> float:
         values = {name: param.suggest(trial) for name, param in params.items()}
         run_name = f"{study_name}-trial-{trial.number}"
@@ -348,8 +312,6 @@ def _batch_limit(config: TrainingConfig, workspace: Workspace | None, params: di
     param = params.get("batch_size")
     if param is None or param.kind != "choice":
         return params
-    from .data import load_token_data
-
     data = load_token_data(config, workspace)
     block = max([config.block_size, *params["block_size"].candidates()]
                 if "block_size" in params else [config.block_size])
@@ -397,7 +359,7 @@ def run_search(
     what was found so far. That trial is recorded as failed ("interrupted") and is not resumed:
     running the call again starts new trials until ``n_trials`` have finished.
     """
-    config.validate()
+    validate_config(config, hardware=False)  # each trial's config: on the machine, as it starts
     if not isinstance(n_trials, int) or n_trials < 1:
         raise SearchError(f"n_trials = {n_trials!r}: must be a whole number >= 1 (the total "
                           "number of trials the study should have)")
@@ -410,8 +372,6 @@ def run_search(
                                 sampler_seed=sampler_seed, prune=prune, trial_epochs=trial_epochs)
     own_db = db is None and workspace is not None
     if own_db:
-        from .experiment_db import ExperimentDB
-
         db = ExperimentDB.open_for_workspace(workspace, verbose=False)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = n_trials - done
@@ -470,7 +430,7 @@ def load_search(study_name: str, workspace: Workspace) -> SearchResult:
     """Reopen a finished (or interrupted) search from the workspace, e.g. in a new session."""
     name = str(study_name)
     kept = study_path(workspace, name)
-    if not kept.exists() and not _live_path(workspace, name).exists():
+    if not kept.exists() and not _files(workspace, name).live.exists():
         found = sorted(p.stem for p in (workspace.root / SEARCH_DIR).glob("*.db"))
         raise SearchError(f"No search study {name!r} in {workspace.root / SEARCH_DIR}; "
                           f"studies there: {', '.join(found) or 'none'}")
@@ -478,50 +438,3 @@ def load_search(study_name: str, workspace: Workspace) -> SearchResult:
     config = TrainingConfig.from_dict(study.user_attrs["base_config"])
     return SearchResult(study, config, name, workspace)
 
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    try:
-        config = TrainingConfig.load(args.config) if args.config else TrainingConfig()
-        if args.set:
-            config = config.apply_overrides(args.set)
-        workspace = Workspace.setup(args.workspace)
-        result = run_search(
-            config.validate(), workspace, n_trials=args.trials, timeout=args.timeout,
-            study_name=args.study, sampler_seed=args.seed, prune=not args.no_prune,
-            trial_epochs=args.trial_epochs,
-        )
-        print(result.trials.to_string(index=False))
-        best = result.best_config
-    except (SearchError, SearchSpaceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    path = best.save(workspace.configs)
-    for figure in result.save_figures().values():
-        print(f"Figure: {figure}")
-    print(f"Best config: {path}\nTrain it with: python -m utils.training train --config {path}")
-    return 0
-
-
-def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
-    """``python -m utils.training search --config FILE --trials N --timeout S ...``"""
-    p = subparsers.add_parser("search", help="Optuna search around a config (resumable)")
-    p.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
-    p.add_argument("--trials", type=int, default=10, metavar="N",
-                   help="total trials the study should have (finished ones count)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="stop starting new trials after S seconds")
-    p.add_argument("--study", metavar="NAME", help="study name (default: the config's run_name)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="sampler seed (give each parallel worker its own)")
-    p.add_argument("--trial-epochs", type=int, default=None, metavar="E",
-                   help="epochs per trial (default: the config's epochs)")
-    p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field (repeatable)")
-    p.add_argument("--workspace", metavar="DIR",
-                   help="workspace folder (default: Drive in Colab, else ./workspace)")
-    p.set_defaults(func=_cmd_search)
-    return p

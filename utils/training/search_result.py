@@ -16,9 +16,11 @@ from typing import Any
 
 import optuna
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from . import metric_names as M
+from .plot_style import epoch_axis
 from .search_space import SearchError, apply_params
 from .training_config import TrainingConfig
 from .workspace import Workspace, atomic_write
@@ -175,10 +177,6 @@ class SearchResult:
 def _label(figures: dict[str, Any], trials: list[optuna.trial.FrozenTrial]) -> None:
     """Say what Optuna's generic axes hold here: a trial's value is its best validation loss,
     and a trial reports once per epoch, so its steps are whole epochs."""
-    from matplotlib.ticker import MaxNLocator
-
-    from .live_plotting import epoch_axis
-
     if "optimization_history" in figures:
         ax = figures["optimization_history"].axes[0]
         ax.set_title("Validation loss of each trial (its best epoch)")

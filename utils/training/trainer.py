@@ -8,16 +8,11 @@ unscaling, warmup + cosine, evaluation, early stopping, a NaN guard, checkpoints
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
-import os
-import signal
 import statistics
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,22 +25,31 @@ from tqdm.auto import tqdm
 from . import metric_names as M
 from .callbacks import Callback
 from .checkpoints import (
-    CheckpointError,
     CheckpointManager,
+    callback_states,
     capture_rng_state,
-    load_checkpoint,
+    load_model_state,
+    restore,
+    restore_callbacks,
+    restore_data_order,
     restore_rng_state,
     seed_everything,
     strip_compile_prefix,
 )
+from .data import EpochSampler, ResumableBatchSampler, Tokenizer
 from .errors import PersonFacing, TrainingInterrupted
 from .hardware import (
+    Interrupt,
     Precision,
+    TrainingOutOfMemoryError,
     choose_device,
     choose_precision,
     configure_backends,
+    deferred_interrupt,
     device_description,
+    explain_out_of_memory,
     peak_flops,
+    refuse_multi_process,
 )
 from .models.gpt import generate
 from .optimizer import build_optimizer, lr_at
@@ -54,20 +58,18 @@ if TYPE_CHECKING:
     from .training_config import TrainingConfig
     from .workspace import Workspace
 
+__all__ = ["IGNORE_INDEX", "Callback", "Trainer", "TrainingDivergedError",
+           "TrainingOutOfMemoryError", "TrainingResult"]  # the last raised from fit() (hardware)
+
 IGNORE_INDEX = -100
-# Fields whose change makes an old checkpoint's weights unusable.
-_SHAPE_FIELDS = ("model_source", "model_ref", "n_layers", "n_heads", "d_model", "d_ff", "block_size")
-_BUILTIN_ONLY = ("n_layers", "n_heads", "d_model", "d_ff")  # an export's shape is its config.json
+# The trainer's progress counters, saved in checkpoints as they are.
+_PROGRESS = ("epoch", "batch_in_epoch", "global_step", "best_val_loss", "best_epoch",
+             "epochs_without_improvement")
 
 
 def _fresh_epoch_acc() -> dict[str, float]:
     """What an epoch sums up as it goes (saved in checkpoints, so a mid-epoch resume is exact)."""
     return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
-
-
-class TrainingOutOfMemoryError(PersonFacing, torch.cuda.OutOfMemoryError):
-    """CUDA ran out of memory; the message says which settings to lower. A subclass of torch's
-    error, so code that already catches that (the search's trials) keeps working."""
 
 
 class TrainingDivergedError(PersonFacing, RuntimeError):
@@ -122,16 +124,12 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         workspace: Workspace | None = None,
         *,
-        tokenizer: Any = None,
+        tokenizer: Tokenizer | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
         verbose: bool = True,
     ) -> None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise RuntimeError(
-                "This Trainer runs on one device; multi-process (torchrun/DDP) training is not "
-                "built yet. Run it without torchrun."
-            )
+        refuse_multi_process()
         self.config = config
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -150,6 +148,10 @@ class Trainer:
         # Disabled scaler is a no-op pass-through, so the step code has one path for all dtypes.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
 
+        sampler = getattr(train_loader, "sampler", None)  # a DataLoader's; a list has none
+        # Ours starts mid-epoch by itself and its position rides along in checkpoints.
+        self._sampler = sampler if isinstance(sampler, ResumableBatchSampler) else None
+        self._epoch_sampler = sampler if isinstance(sampler, EpochSampler) else None
         self.micro_batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
         accum = config.grad_accum_steps
         self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch / accum))
@@ -170,25 +172,24 @@ class Trainer:
         self.best_epoch = 0
         self.epochs_without_improvement = 0
         self.should_stop = False  # set by early stopping or by a callback
-        self._interrupted = False
+        self._interrupt = Interrupt()  # what Ctrl-C asked during the fit() in progress
         self._early_stopped = False
         self.samples: list[str] = []
         self._epoch_acc = _fresh_epoch_acc()
         self._elapsed_before = 0.0  # training seconds from earlier processes of this run
 
-        self.checkpoints: CheckpointManager | None = None
-        if workspace is not None:
-            self.checkpoints = CheckpointManager(
-                workspace.run_dir(config.run_name), keep=config.keep_checkpoints,
-                staging=workspace.staging,
-            )
+        self.checkpoints = CheckpointManager(
+            workspace.run_dir(config.run_name), keep=config.keep_checkpoints,
+            staging=workspace.staging,
+        ) if workspace is not None else None
         self.last_checkpoint: Path | None = None
         self._saved_step = -1
-        self._resumed_from: Path | None = None
-        self._resume_checked = False
         self._fit_started = False
-        self._finished_said = False  # resume() already told the user there is nothing to train
+        self._finished_said = False  # already told the user there is nothing to train
         self._seconds_at_start = 0.0  # training seconds the run had when this fit() began
+        # Last: a trainer is built where its run stands, so the notebook's set-up cell (and
+        # TrainingSession.create) can say where training will continue before fit() runs.
+        self._resumed_from = self._resume()
 
     # ------------------------------------------------------------------ public API
 
@@ -197,7 +198,7 @@ class Trainer:
         started = time.monotonic()
         # Seed a fresh run once: a second fit() in the same process (the notebook's train cell
         # run again after an interrupt) continues from the state in memory, RNGs included.
-        if self.resume() is None and not self._fit_started:
+        if self._resumed_from is None and not self._fit_started:
             seed_everything(cfg.seed)
         self._fit_started = True
         self._seconds_at_start = self._trained_seconds()
@@ -217,7 +218,8 @@ class Trainer:
             callback.on_train_start(self)
         status = "completed"
         last_save = time.monotonic()
-        with self._interrupt_guard(), self._explain_out_of_memory():
+        with deferred_interrupt(tqdm.write) as self._interrupt, \
+                explain_out_of_memory(cfg, self.precision):
             while self.epoch < cfg.epochs:
                 last_save = self._train_epoch(last_save)
                 self._end_epoch()
@@ -257,7 +259,7 @@ class Trainer:
         generator.manual_seed(self.config.seed if seed is None else seed)
         idx = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self.device)[None]
         self.raw_model.eval()
-        with self._autocast():
+        with self.precision.autocast(self.device):
             out = generate(self.raw_model, idx, max_new_tokens, temperature=temperature,
                            top_k=top_k, generator=generator)
         self.raw_model.train()
@@ -299,7 +301,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{step_metrics[M.BATCH_LOSS]:.4f}",
                             lr=f"{step_metrics[M.LEARNING_RATE]:.2e}", refresh=False)
-            if self._interrupted:
+            if self._interrupt.requested:
                 bar.close()
                 path = self._save("interrupt")
                 saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
@@ -322,13 +324,11 @@ class Trainer:
         """This epoch's batches from where the run stopped. Our sampler starts mid-epoch by
         itself; any other loader (a user's own, a DistributedSampler) has the batches already
         seen skipped, which is exact only when its order is fixed per epoch."""
-        sampler = getattr(self.train_loader, "sampler", None)
-        set_epoch = getattr(sampler, "set_epoch", None)
-        if set_epoch is not None and "start_batch" in inspect.signature(set_epoch).parameters:
-            set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        if self._sampler is not None:
+            self._sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             return iter(self.train_loader)
-        if set_epoch is not None:
-            set_epoch(self.epoch)
+        if self._epoch_sampler is not None:
+            self._epoch_sampler.set_epoch(self.epoch)
         batches = iter(self.train_loader)
         # Skipped here, before the epoch's clock starts: loading them again is not training.
         for _ in itertools.islice(batches, self.batch_in_epoch):
@@ -401,7 +401,7 @@ class Trainer:
         """Cross-entropy summed over the target tokens (ignored positions excluded)."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        with self._autocast():
+        with self.precision.autocast(self.device):
             logits = self.model(inputs)
         # Softmax in fp32: bf16's 8-bit mantissa makes a large-vocab log-softmax noticeably lossy.
         loss_sum = F.cross_entropy(
@@ -409,56 +409,6 @@ class Trainer:
             ignore_index=IGNORE_INDEX, reduction="sum",
         )
         return loss_sum
-
-    def _autocast(self):
-        dtype = self.precision.autocast_dtype
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    @contextmanager
-    def _explain_out_of_memory(self) -> Iterator[None]:
-        """Turn CUDA's out-of-memory error into what to change; the last checkpoint is intact."""
-        try:
-            yield
-        except torch.cuda.OutOfMemoryError as exc:
-            if isinstance(exc, TrainingOutOfMemoryError):
-                raise
-            cfg = self.config
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            smaller = max(1, cfg.batch_size // 2)
-            raise TrainingOutOfMemoryError(
-                f"The GPU ran out of memory at batch_size {cfg.batch_size} x block_size "
-                f"{cfg.block_size} ({self.precision.name}). Set batch_size = {smaller} and "
-                f"grad_accum_steps = {cfg.grad_accum_steps * 2} (the same tokens per step), or a "
-                "smaller block_size or model; then run again: it resumes from the last checkpoint."
-            ) from exc
-
-    @contextmanager
-    def _interrupt_guard(self) -> Iterator[None]:
-        """The first Ctrl-C (or Colab's "Interrupt execution") finishes the current step and saves
-        a checkpoint before stopping, so an interrupted run resumes exactly; a second one stops at
-        once. Signal handlers can only be set from the main thread; elsewhere Ctrl-C is left as is."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self._interrupted:
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
-            self._interrupted = True
-            tqdm.write("Interrupt: finishing this step and saving a checkpoint "
-                       "(interrupt again to stop at once, without saving).")
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            self._interrupted = False
 
     # ------------------------------------------------------------------ epoch end
 
@@ -523,9 +473,8 @@ class Trainer:
         if tok is None or cfg.sample_tokens <= 0:
             return
         prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
-        if not prompt:
-            eos = getattr(tok, "eos_id", None)
-            prompt = [eos if isinstance(eos, int) and eos >= 0 else 0]
+        if not prompt:  # start from end-of-document, as a fresh document would
+            prompt = [tok.eos_id if tok.eos_id is not None and tok.eos_id >= 0 else 0]
         ids = self.generate(prompt, cfg.sample_tokens, seed=cfg.seed + self.epoch)
         text = tok.decode(ids)
         self.samples.append(text)
@@ -535,76 +484,42 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        sampler = getattr(self.train_loader, "sampler", None)
         return {
             "config": self.config.to_dict(),
             "model": strip_compile_prefix(self.raw_model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
-            "progress": {
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "global_step": self.global_step, "best_val_loss": self.best_val_loss,
-                "best_epoch": self.best_epoch,
-                "epochs_without_improvement": self.epochs_without_improvement,
-                "epoch_acc": dict(self._epoch_acc), "elapsed": self._elapsed_before,
-            },
+            "progress": {**{key: getattr(self, key) for key in _PROGRESS},
+                         "epoch_acc": dict(self._epoch_acc), "elapsed": self._elapsed_before},
             "history": [dict(row) for row in self.history],
             "samples": list(self.samples),
-            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
-            "callbacks": {f"{i}:{type(c).__name__}": c.state_dict() for i, c in enumerate(self.callbacks)},
-            "tokenizer": self.tokenizer.to_dict() if hasattr(self.tokenizer, "to_dict") else None,
+            "sampler": self._sampler.state_dict() if self._sampler is not None else None,
+            "callbacks": callback_states(self.callbacks),
+            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.raw_model.load_state_dict(state["model"])
-        except RuntimeError as exc:  # size mismatch / missing keys: a different model or vocab
-            detail = "; ".join(str(exc).splitlines()[1:4]).strip()
-            raise CheckpointError(
-                f"The checkpoint's weights do not fit this model ({detail}). Was it trained with "
-                "another tokenizer (vocab size) or model? Use the same settings to resume, or a "
-                "new run_name / resume='never' to start over."
-            ) from exc
+        load_model_state(self.raw_model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
-        self.epoch = progress["epoch"]
-        self.batch_in_epoch = progress["batch_in_epoch"]
-        self.global_step = progress["global_step"]
-        self.best_val_loss = progress["best_val_loss"]
-        self.best_epoch = progress["best_epoch"]
-        self.epochs_without_improvement = progress["epochs_without_improvement"]
+        for key in _PROGRESS:
+            setattr(self, key, progress[key])
         self._epoch_acc = dict(progress["epoch_acc"])
         self._elapsed_before = progress["elapsed"]
         self.history = [dict(row) for row in state["history"]]
         self.samples = list(state.get("samples", []))
-        self._restore_data_position(state.get("sampler"))
-        saved = state.get("callbacks", {})
-        for i, callback in enumerate(self.callbacks):
-            key = f"{i}:{type(callback).__name__}"
-            if key in saved:
-                callback.load_state_dict(saved[key])
-        restore_rng_state(state["rng"])
-
-    def _restore_data_position(self, saved: dict[str, Any] | None) -> None:
-        """Continue the data order where the checkpoint stopped. When the batch size or the data
-        changed (a common fix for running out of GPU memory), that order no longer exists: the
-        interrupted epoch starts again from its beginning, and the run says so."""
-        sampler = getattr(self.train_loader, "sampler", None)
-        if not saved or not hasattr(sampler, "load_state_dict"):
-            return
-        current = sampler.state_dict()
-        changed = [f"{k} {saved[k]} -> {current[k]}" for k in ("batch_size", "n_items")
-                   if k in saved and saved[k] != current.get(k)]
-        if not changed:
-            sampler.load_state_dict(saved)
-            return
-        if self.batch_in_epoch:
+        # When the batch size or the data changed (a common fix for running out of GPU memory)
+        # the saved order no longer exists: the interrupted epoch starts again, and says so.
+        changed = restore_data_order(self._sampler, state.get("sampler"))
+        if changed and self.batch_in_epoch:
             self._say(f"The data changed since the checkpoint ({', '.join(changed)}): epoch "
                       f"{self.epoch + 1} starts again from its beginning.")
             self.batch_in_epoch = 0
             self._epoch_acc = _fresh_epoch_acc()
+        restore_callbacks(self.callbacks, state.get("callbacks", {}))
+        restore_rng_state(state["rng"])
 
     def _save(self, kind: str) -> Path | None:
         if self.checkpoints is None:
@@ -615,53 +530,22 @@ class Trainer:
         return self.last_checkpoint
 
     def resume(self) -> Path | None:
-        """Load the checkpoint ``config.resume`` points at ("auto": this run's newest loadable
-        one). Idempotent, so the notebook can call it in its set-up cell to say where training
-        will continue, and ``fit`` calls it again for free. Returns the checkpoint used, if any."""
-        if self._resume_checked:
-            return self._resumed_from
-        self._resume_checked = True
-        cfg = self.config
-        if cfg.resume == "never" and self.checkpoints is not None and self.checkpoints.files():
-            raise CheckpointError(
-                f"Run '{cfg.run_name}' already has checkpoints in {self.checkpoints.directory}, "
-                "and resume='never' would mix a new run into them. Choose a new run_name, or "
-                "resume='auto' to continue that run, or delete the folder to start it over."
-            )
-        if cfg.resume == "never" or (cfg.resume == "auto" and self.checkpoints is None):
+        """The checkpoint this trainer continues from (None: a fresh start). Loading happened
+        when it was built, so this costs nothing: the notebook's set-up cell may ask."""
+        return self._resumed_from
+
+    def _resume(self) -> Path | None:
+        """Load the checkpoint ``config.resume`` points at (``checkpoints.restore`` decides
+        which) and say where training will continue."""
+        path = restore(self.config, self.checkpoints, self.load_state_dict, self._say)
+        if path is None:
             return None
-        if cfg.resume == "auto":
-            found = self.checkpoints.latest(set_aside=True)  # corrupt ones move to set-aside/
-            if found is None:
-                self._say(f"No checkpoint for run '{cfg.run_name}' yet: starting from scratch.")
-                return None
-            path, state = found
-        else:
-            path, state = Path(cfg.resume), load_checkpoint(cfg.resume)
-        self._check_compatible(path, state)
-        try:
-            self.load_state_dict(state)
-        except (KeyError, TypeError, ValueError) as exc:  # a part of the state is missing or odd
-            raise CheckpointError(
-                f"Checkpoint {path} does not hold a complete training state ({type(exc).__name__}: "
-                f"{exc}). Resume from the checkpoint before it (resume=<its path>), or start over "
-                "with a new run_name."
-            ) from exc
-        self.last_checkpoint = self._resumed_from = path
-        if self.checkpoints is not None:
-            # Later checkpoints are not this run's future any more (resume pointed at an earlier
-            # one, or they cannot be read): moved aside, so retention and the next resume rank
-            # the new checkpoints first, and nothing is deleted.
-            self.checkpoints.set_aside_after(
-                self.global_step, f"this run continues from {path.name} (step {self.global_step})")
-        if self.finished:
-            self._say(self._finished_note())
-            self._finished_said = True
-            return path
+        self.last_checkpoint, self._finished_said = path, self.finished
         where = f"epoch {self.epoch + 1}, step {self.global_step}"
         if self.batch_in_epoch:
             where += f" ({self.batch_in_epoch}/{self.micro_batches_per_epoch} batches into the epoch)"
-        self._say(f"Found a checkpoint for this run: resuming from {where} ({path.name}).")
+        self._say(self._finished_note() if self.finished else
+                  f"Found a checkpoint for this run: resuming from {where} ({path.name}).")
         return path
 
     @property
@@ -691,26 +575,6 @@ class Trainer:
                     "new run.")
         return (f"{done}: nothing to train. Raise epochs to train longer, or change run_name "
                 "for a new run.")
-
-    def _check_compatible(self, path: Path, state: dict[str, Any]) -> None:
-        saved = state.get("config", {})
-        current = self.config.to_dict()
-        shape = [k for k in _SHAPE_FIELDS
-                 if current["model_source"] == "builtin" or k not in _BUILTIN_ONLY]
-        diffs = [f"{k}: checkpoint {saved[k]!r}, config {current[k]!r}"
-                 for k in shape if k in saved and saved[k] != current.get(k)]
-        if diffs:
-            raise CheckpointError(
-                f"Checkpoint {path} was trained with a different model shape ("
-                + "; ".join(diffs) + "). Use the same settings to resume, or a new run_name / "
-                "resume='never' to start a new run."
-            )
-        changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in current.items()
-                   if k in saved and saved[k] != v and k not in ("resume", *_SHAPE_FIELDS)]
-        if changed:
-            note = ("; the learning-rate schedule is re-stretched over the new total"
-                    if "epochs" in saved and saved["epochs"] != current["epochs"] else "")
-            self._say(f"Resuming with changed settings: {', '.join(changed)}{note}.")
 
     # ------------------------------------------------------------------ misc
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .workspace import in_colab
+from .workspace import in_colab, notebook_kernel
 
 if TYPE_CHECKING:
     from .training_config import TrainingConfig
@@ -115,9 +115,7 @@ def can_prompt() -> bool:
     """True only when someone can answer a prompt: a terminal on stdin, or a Jupyter/Colab
     kernel whose frontend accepts input (nbclient and papermill do not; getpass would raise
     StdinNotImplementedError there)."""
-    ipython = sys.modules.get("IPython")  # only if already imported: importing it is slow
-    shell = ipython.get_ipython() if ipython is not None else None
-    kernel = getattr(shell, "kernel", None)
+    kernel = notebook_kernel()
     if kernel is not None:
         return bool(getattr(kernel, "_allow_stdin", False))
     stdin = sys.stdin

@@ -4,8 +4,9 @@ Everything that writes a file the user cares about goes through :func:`atomic_wr
 disconnect or a crash mid-write leaves the previous version intact instead of a truncated file.
 Every per-run path (checkpoints, config, results, bundle, archive) is named here, from a name
 that :func:`check_name` has accepted, so no run name, form field or CLI argument can make a file
-land outside the workspace. Stdlib only: this module sits on the lowest floor and must import
-without torch or Colab.
+land outside the workspace. A SQLite file written while open (the experiment history, a search
+study) lives on local disk and is backed up into a Drive workspace by :class:`LiveSQLite`.
+Stdlib only: this module sits on the lowest floor and must import without torch or Colab.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -294,6 +296,17 @@ def in_colab() -> bool:
         return False
 
 
+def notebook_kernel() -> object | None:
+    """The IPython kernel running us (Jupyter, Colab), or None in a script or a terminal IPython.
+
+    The only place that asks IPython where we run; ``plot_style.in_notebook`` and W&B's "can
+    anyone answer a prompt" both read it. It looks in ``sys.modules`` only, so a plain script
+    never pays for importing IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None)
+
+
 def _mount_drive() -> str | None:
     """Mount Drive; return why it failed (for the printed note) or None on success."""
     try:
@@ -457,6 +470,105 @@ class Workspace:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+@dataclass(frozen=True)
+class LiveSQLite:
+    """A SQLite file written on local disk and kept in the workspace as a copy: the experiment
+    history and each search study.
+
+    SQLite's locking on Drive's FUSE mount is unreliable (COLAB.md), so in a Drive workspace
+    the file that connections open (``live``) sits in the VM's staging folder, and
+    :meth:`backup` writes a consistent copy to ``kept`` after each run or trial; a fresh VM
+    :meth:`restore` s it first. Off Drive, ``live`` is ``kept`` and both are no-ops.
+    """
+
+    kept: Path  # the workspace's copy, which outlives the VM
+    live: Path  # the file connections open
+    staging: Path | None = None  # where the copy for Drive is written before it moves there
+
+    @classmethod
+    def in_workspace(cls, workspace: Workspace, kept: Path) -> LiveSQLite:
+        """``kept`` (inside the workspace) and, on Drive, the same path under its staging."""
+        if not workspace.on_drive:
+            return cls(kept, kept)
+        live = workspace.staging / kept.relative_to(workspace.root)
+        return cls(kept, live, workspace.staging)
+
+    def restore(self, check: Callable[[Path], None] | None = None) -> bool:
+        """Copy the kept file to local disk before anything opens it, when the local one is
+        gone (a fresh VM): new rows then extend the old ones instead of replacing them at the
+        next backup. ``check`` may refuse the kept file first. True when this call restored it.
+
+        The copy takes its final name with a hard link, never a rename: a process that restored
+        it a moment earlier (several search workers on a fresh VM) may already be writing to
+        it, and a rename would swap the file from under it."""
+        if self.live == self.kept or self.live.exists():
+            return False
+        if not self.kept.exists() or self.kept.stat().st_size == 0:
+            return False
+        if check is not None:
+            check(self.kept)
+        self.live.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.live.with_name(temp_name(self.live.name))
+        try:
+            shutil.copyfile(self.kept, tmp)
+            os.link(tmp, self.live)
+        except FileExistsError:
+            return False  # another process restored it a moment ago: use that copy
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def backup(self, source: Callable[[sqlite3.Connection], None] | None = None) -> Path | None:
+        """Refresh the kept copy (None when ``live`` is ``kept``); see :func:`backup_sqlite`."""
+        if self.live == self.kept:
+            return None
+        return backup_sqlite(self.kept, self.live if source is None else source, self.staging)
+
+    @contextlib.contextmanager
+    def creation_lock(self) -> Iterator[None]:
+        """Serialise creating the file's tables: two processes doing it at once can crash
+        (FACTS.md). The lock file sits next to the live (local) file, where locks work.
+        ``fcntl`` exists on Linux and macOS (Colab included); elsewhere nothing is locked."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        self.live.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.live.with_suffix(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def backup_sqlite(dest: Path, source: Path | Callable[[sqlite3.Connection], None],
+                  staging: Path | None = None) -> Path:
+    """A consistent copy of a SQLite database at ``dest``, even while others write to it.
+
+    SQLite's backup API, then one rename: readers of ``dest`` see the old copy or the new one.
+    ``source`` is the database's path, or a function that backs an open connection up into the
+    copy it is given (a caller that holds its own connection and lock). The copy is a single
+    self-contained file (rollback journal, no -wal file to go missing)."""
+    def write(tmp: Path) -> None:
+        copy = sqlite3.connect(str(tmp))
+        try:
+            if callable(source):
+                source(copy)
+            else:
+                conn = sqlite3.connect(str(source), timeout=60)
+                try:
+                    conn.backup(copy)
+                finally:
+                    conn.close()
+            copy.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            copy.close()
+
+    return atomic_write(dest, write, staging=staging)
 
 
 def _local_root(root: str | Path | None) -> tuple[Path, str]:

@@ -1,14 +1,15 @@
-"""Data: sources -> text -> tokenizer -> cached token ids -> LM blocks -> resumable DataLoaders."""
+"""Data: sources -> text -> tokenizer -> token ids on disk (memmap) -> LM blocks -> resumable loaders."""
 
 from .cache import cache_key, read_cache
 from .errors import DataError
 from .loaders import (
     BlockDataset,
+    EpochSampler,
     ResumableBatchSampler,
     TokenData,
+    count_blocks,
     load_token_data,
     make_dataloaders,
-    pack_blocks,
 )
 from .sources import Source, hub_reachable, is_token_cache, load_text_data, resolve_source
 from .synthetic import MarkovChain, synthetic_text_data
@@ -29,6 +30,7 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "DataError",
+    "EpochSampler",
     "HFTokenizer",
     "IdentityTokenizer",
     "MarkovChain",
@@ -38,13 +40,13 @@ __all__ = [
     "Tokenizer",
     "build_tokenizer",
     "cache_key",
+    "count_blocks",
     "hub_reachable",
     "is_token_cache",
     "load_text_data",
     "load_token_data",
     "load_tokenizer",
     "make_dataloaders",
-    "pack_blocks",
     "read_cache",
     "read_local_texts",
     "resolve_source",

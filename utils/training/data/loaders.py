@@ -1,5 +1,9 @@
 """Token ids -> language-model blocks -> DataLoaders whose order survives a restart.
 
+The ids stay where they are (a read-only memory map of the token cache, see cache.py): a block
+is index arithmetic over the stream, and each step gathers only its own batch, widened to int64
+there and nowhere else. A run's memory therefore does not grow with the corpus.
+
 Two things matter here and both are about resuming: the data order is a pure function of
 (seed, epoch) drawn from private generators, so nothing else in the run (evaluation, sampling,
 dropout) can shift it; and the sampler can start mid-epoch, so a resumed run sees exactly the
@@ -12,34 +16,45 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import (
+    SPLITS,
     CachedTokens,
     cache_key,
     encode_split,
+    fill_in_memory,
     key_fields,
     made_with,
     read_cache,
+    split_path,
+    stream_dtype,
     write_cache,
+    write_ids,
 )
 from .errors import DataError
 from .sources import is_token_cache, read_source, resolve_source
-from .synthetic import synthetic_chain
-from .tokenizer import IdentityTokenizer, build_tokenizer
+from .synthetic import synthetic_chain, synthetic_id_chunks
+from .tokenizer import IdentityTokenizer, Tokenizer, build_tokenizer
+
+if TYPE_CHECKING:
+    from ..training_config import TrainingConfig
+    from ..workspace import Workspace
 
 
 @dataclass
 class TokenData:
     """Everything a run needs from a data source, before it is cut into blocks."""
 
-    train_ids: torch.Tensor  # 1-D int64
-    val_ids: torch.Tensor  # 1-D int64
-    tokenizer: Any  # a tokenizer.Tokenizer
+    # 1-D uint16/uint32 ids (int32 from a format-1 cache): a read-only memory map of the token
+    # cache, or an array in RAM when there is no workspace. Never widened as a whole.
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    tokenizer: Tokenizer
     known_entropy: float | None = None  # nats/token a perfect model reaches (synthetic only)
     source: str = ""
     cache_path: Path | None = None  # the token cache folder used or written, if any
@@ -49,40 +64,52 @@ class TokenData:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def pack_blocks(ids: torch.Tensor, block_size: int, *, name: str = "token stream") -> torch.Tensor:
-    """[N, block_size + 1] windows with stride block_size; the ragged tail is dropped.
+def count_blocks(n_tokens: int, block_size: int, *, name: str = "token stream") -> int:
+    """How many [block_size + 1] windows with stride block_size fit; the ragged tail is dropped.
 
     Consecutive blocks share their boundary token (last of one = first of the next), so every
     token after the first is a prediction target exactly once per epoch and nothing is wasted.
-    The result is a contiguous copy (1/block_size more memory than the ids) so a batch is one
-    gather of whole rows.
     """
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    n_blocks = (ids.numel() - 1) // block_size if ids.numel() > 0 else 0
+    n_blocks = (n_tokens - 1) // block_size if n_tokens > 0 else 0
     if n_blocks < 1:
         raise DataError(
-            f"The {name} has {ids.numel()} tokens but one block of block_size={block_size} needs "
+            f"The {name} has {n_tokens} tokens but one block of block_size={block_size} needs "
             f"{block_size + 1}. Use a smaller block_size or more data (e.g. more synthetic_tokens "
             "or a larger val_fraction for the validation split)."
         )
-    return ids[: n_blocks * block_size + 1].unfold(0, block_size + 1, block_size).contiguous()
+    return n_blocks
 
 
 class BlockDataset(Dataset):
-    """Indexing with a whole batch of indices returns the whole batch in one op.
+    """The blocks of a 1-D id stream, by index arithmetic: block i is
+    ids[i * block_size : i * block_size + block_size + 1] (see `count_blocks`).
 
-    Used with DataLoader(batch_size=None, sampler=ResumableBatchSampler): each sampler item is a
-    1-D LongTensor of indices, so there is no per-sample __getitem__ and no collate step.
+    Indexing with a whole batch of indices gathers the whole batch in one numpy op, reading only
+    its rows from the memory map, and widens just those to int64. Used with
+    DataLoader(batch_size=None, sampler=ResumableBatchSampler): each sampler item is a 1-D
+    LongTensor of indices, so there is no per-sample __getitem__ and no collate step.
     """
 
-    def __init__(self, blocks: torch.Tensor) -> None:
-        self.blocks = blocks
+    def __init__(self, ids: np.ndarray | torch.Tensor, block_size: int, *,
+                 name: str = "token stream") -> None:
+        # A CPU tensor shares its memory with .numpy(); a memmap stays a memmap (asarray views).
+        ids = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"BlockDataset needs a 1-D id stream, got shape {ids.shape}.")
+        self.ids, self.block_size = ids, int(block_size)
+        self.n_blocks = count_blocks(ids.size, self.block_size, name=name)
+        self._offsets = np.arange(self.block_size + 1, dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.blocks.shape[0]
+        return self.n_blocks
 
     def __getitem__(self, idx: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.blocks[idx]
+        blocks = np.asarray(idx, dtype=np.int64)
+        if blocks.size and (blocks.min() < -self.n_blocks or blocks.max() >= self.n_blocks):
+            raise IndexError(f"block index out of range 0..{self.n_blocks - 1}")
+        blocks = blocks % self.n_blocks  # negative indices count from the end, as tensors do
+        starts = blocks[..., None] * self.block_size
+        rows = torch.from_numpy(self.ids[starts + self._offsets].astype(np.int64))
         # Contiguous so consumers may .view() them (the shifted slices otherwise are not).
         return rows[..., :-1].contiguous(), rows[..., 1:].contiguous()
 
@@ -92,6 +119,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     # related permutations, and negative seeds are folded into the unsigned range.
     entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, epoch]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+@runtime_checkable
+class EpochSampler(Protocol):
+    """A sampler whose order is chosen per epoch (torch's DistributedSampler): the trainer
+    calls ``set_epoch`` before each epoch. Only :class:`ResumableBatchSampler` can also start
+    in the middle of one."""
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 class ResumableBatchSampler:
@@ -194,8 +230,8 @@ class ResumableBatchSampler:
 
 
 def make_dataloaders(
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor,
+    train_ids: np.ndarray | torch.Tensor,
+    val_ids: np.ndarray | torch.Tensor,
     block_size: int,
     batch_size: int,
     seed: int,
@@ -207,13 +243,15 @@ def make_dataloaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled, resumable: `train_loader.sampler`) and validation (in order) loaders.
 
-    Yields (inputs, targets) int64 [B, block_size]. num_workers=0 on purpose: the data is one
-    in-memory tensor and a batch is a single gather, so worker processes would only add start-up
-    time, pickling and RNG state to manage. drop_last applies to training only when there is at
-    least one full batch per rank; validation keeps every block so its loss covers all of it.
+    The ids (a memory map of the token cache, an array or a CPU tensor) are used where they
+    are: no copy of the stream is made. Yields (inputs, targets) int64 [B, block_size].
+    num_workers=0 on purpose: a batch is a single gather of B rows (microseconds against a
+    step), so worker processes would only add start-up time, pickling and RNG state to manage.
+    drop_last applies to training only when there is at least one full batch per rank;
+    validation keeps every block so its loss covers all of it.
     """
-    train_blocks = pack_blocks(train_ids, block_size, name="training split")
-    val_blocks = pack_blocks(val_ids, block_size, name="validation split")
+    train_blocks = BlockDataset(train_ids, block_size, name="training split")
+    val_blocks = BlockDataset(val_ids, block_size, name="validation split")
     train_sampler = ResumableBatchSampler(
         len(train_blocks),
         batch_size,
@@ -229,11 +267,11 @@ def make_dataloaders(
     # Pinning needs a GPU; asking for it without one only earns a warning per loader.
     pin = pin_memory and torch.cuda.is_available()
 
-    def loader(blocks: torch.Tensor, sampler: ResumableBatchSampler) -> DataLoader:
+    def loader(blocks: BlockDataset, sampler: ResumableBatchSampler) -> DataLoader:
         # A private generator: every iter(DataLoader) draws a base seed from `generator`, which
         # would otherwise be the global RNG, so merely running evaluation would shift dropout.
         return DataLoader(
-            BlockDataset(blocks),
+            blocks,
             batch_size=None,
             sampler=sampler,
             num_workers=0,
@@ -244,14 +282,16 @@ def make_dataloaders(
     return loader(train_blocks, train_sampler), loader(val_blocks, val_sampler)
 
 
-def load_token_data(config: Any, workspace: Any = None, tokenizer: Any = None) -> TokenData:
+def load_token_data(config: TrainingConfig, workspace: Workspace | None = None,
+                    tokenizer: Tokenizer | None = None) -> TokenData:
     """Text from config.data_source -> tokenizer -> one flat id stream per split.
 
-    With a workspace the streams are cached under workspace.datasets (see cache.py), and a
-    second call with the same data settings loads them instead of tokenizing again. Without
-    one nothing is written. ``tokenizer``: use this one instead of building one (a resumed run
-    passes the tokenizer saved next to its checkpoints, so its ids keep their meaning even when
-    the token cache is gone).
+    With a workspace the streams are tokenized batch by batch into a cache folder under
+    workspace.datasets (see cache.py) and memory-mapped from there, and a second call with the
+    same data settings opens them instead of tokenizing again. Without one nothing is kept on
+    disk and the ids are held in RAM (2 or 4 bytes per token). ``tokenizer``: use this one
+    instead of building one (a resumed run passes the tokenizer saved next to its checkpoints,
+    so its ids keep their meaning even when the token cache is gone).
     """
     source = resolve_source(config, workspace)
     if source.kind == "cache":
@@ -261,29 +301,43 @@ def load_token_data(config: Any, workspace: Any = None, tokenizer: Any = None) -
     if workspace is not None and is_token_cache(workspace.datasets / key):
         return _from_cache(read_cache(workspace.datasets / key))
 
-    texts = read_source(source, config)
     known_entropy = None
     if source.kind == "synthetic":
+        # The ids are the tokens: sampled chunk by chunk straight into the id files, the same
+        # ids as tokenizing synthetic_text_data's rows, without the text.
         tokenizer = IdentityTokenizer(int(config.vocab_size))
         known_entropy = synthetic_chain(config).entropy_rate()
-    elif tokenizer is None:
-        train_text = texts["train"]
-        batches = (b["text"] for b in train_text.iter(batch_size=1000))
-        tokenizer = build_tokenizer(config, batches)
-    train = encode_split(texts["train"], tokenizer, "Tokenizing train")
-    val = encode_split(texts["validation"], tokenizer, "Tokenizing validation")
-    total = f"tokenized {train.size + val.size:,} tokens"
+        dtype = stream_dtype(tokenizer.vocab_size)
+
+        def fill(folder: Path) -> None:
+            for split, (n, chunks) in synthetic_id_chunks(config).items():
+                write_ids(chunks, split_path(folder, split), dtype, n, f"Sampling {split}")
+    else:
+        texts = read_source(source, config)
+        if tokenizer is None:
+            train_text = texts["train"]
+            batches = (b["text"] for b in train_text.iter(batch_size=1000))
+            tokenizer = build_tokenizer(config, batches)
+
+        def fill(folder: Path) -> None:
+            for split in SPLITS:
+                encode_split(texts[split], tokenizer, split_path(folder, split),
+                             f"Tokenizing {split}")
+
     folder = None
     if workspace is None:
-        print(f"{total} (not cached: no workspace)")
+        train, val = fill_in_memory(fill, tokenizer.vocab_size)
+        print(f"tokenized {train.size + val.size:,} tokens (not cached: no workspace)")
     else:
         meta = {"source": source.describe(), "fields": key_fields(config, source),
                 "tokenizer": repr(tokenizer), "known_entropy": known_entropy}
-        folder = write_cache(workspace.datasets, key, train, val, tokenizer, meta)
-        print(f"{total}, cached at {folder}")
+        folder = write_cache(workspace.datasets, key, fill, tokenizer, meta)
+        cached = read_cache(folder)
+        train, val = cached.train, cached.val
+        print(f"tokenized {train.size + val.size:,} tokens, cached at {folder}")
     return TokenData(
-        train_ids=torch.from_numpy(train.astype(np.int64)),
-        val_ids=torch.from_numpy(val.astype(np.int64)),
+        train_ids=train,
+        val_ids=val,
         tokenizer=tokenizer,
         known_entropy=known_entropy,
         source=source.describe(),
@@ -297,8 +351,8 @@ def _from_cache(cached: CachedTokens, settings: dict[str, Any] | None = None) ->
     print(f"loaded cached tokens from {cached.path} ({cached.train.size:,} train / "
           f"{cached.val.size:,} val tokens)")
     return TokenData(
-        train_ids=torch.from_numpy(cached.train.astype(np.int64)),
-        val_ids=torch.from_numpy(cached.val.astype(np.int64)),
+        train_ids=cached.train,
+        val_ids=cached.val,
         tokenizer=cached.tokenizer,
         known_entropy=meta.get("known_entropy"),
         source=str(meta.get("source", cached.path)),

@@ -11,6 +11,7 @@ Sources (config.data_source):
   is kept in `<workspace>/datasets/uploads/` (several files chosen at once: in one folder there),
   and a re-run with data_path empty reuses the newest upload instead of asking again (a
   disconnect must not cost another upload); `find_upload(..., ask_again=True)` asks anyway.
+  uploads.py keeps those files.
 - "local": a file, folder or glob on this machine. A folder written by `load_token_data`
   (it holds meta.json) is the "cached local" source: its tokens are used as they are.
 - "synthetic": the Markov chain of synthetic.py, as rows of space-separated token ids.
@@ -34,8 +35,6 @@ document is cut near the end instead), and max_samples > 0 keeps the first rows 
 
 from __future__ import annotations
 
-import filecmp
-import hashlib
 import os
 import threading
 import urllib.error
@@ -50,11 +49,12 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Value
 from huggingface_hub import constants as hub_constants
 
-from ..workspace import DRIVE_MOUNT_POINT, Workspace, atomic_dir, in_colab, is_temp_name
+from ..workspace import DRIVE_MOUNT_POINT, Workspace
 from .errors import DataError
 from .progress import progress_for
 from .synthetic import synthetic_text_data
 from .text import TEXT_SUFFIXES, find_files, looks_binary, read_text_files
+from .uploads import find_upload
 
 SOURCES = ("huggingface", "drive", "upload", "local", "synthetic")
 # Module constants so tests can point the probe at a closed local port.
@@ -65,7 +65,6 @@ STRUCTURED = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "par
 UNSUPPORTED = (".xlsx", ".xls", ".zip", ".gz", ".bz2", ".xz", ".tar", ".7z", ".pdf", ".docx",
                ".arrow", ".pkl", ".pt", ".npy")
 VALIDATION_SPLITS = ("validation", "valid", "val", "dev", "test")
-UPLOADS = "uploads"
 CACHE_META = "meta.json"  # marks a folder written by load_token_data (see cache.py)
 OFFLINE_ALTERNATIVES = (
     "Without the Hub, use data_source='local', 'drive' or 'upload' with a .txt/.csv/.jsonl/"
@@ -193,109 +192,6 @@ def _drive_path(data_path: str, workspace: Workspace | None) -> str:
 
 def _upload_source(config: Any, workspace: Workspace | None) -> Source:
     return _local_source(str(find_upload(workspace, str(config.data_path))))
-
-
-# Uploads whose reuse was announced in this process: every load (the preview, the time estimate,
-# training, each search trial) resolves the source again, and once is enough to say it.
-_announced_reuse: set[Path] = set()
-
-
-def find_upload(
-    workspace: Workspace | None, path: str = "", *, ask_again: bool = False,
-    field: str = "data_path",
-) -> Path:
-    """The file (or folder, when several files were chosen at once) that data_source="upload"
-    reads, kept in `<workspace>/datasets/uploads/`.
-
-    `path` names a file to copy there (or one already there by name). Empty `path` reuses the
-    newest upload, unless `ask_again` opens Colab's upload dialog once more. `field` is the name
-    the person set `path` with (the notebook's "upload_path", the CLI's "data_path"), for
-    messages.
-    """
-    if workspace is None:
-        raise DataError(
-            "data_source='upload' keeps the uploaded file in the workspace (datasets/uploads) "
-            "so a re-run does not ask again; pass a workspace, e.g. Workspace.setup()."
-        )
-    folder = workspace.datasets / UPLOADS
-    raw = path.strip()
-    if raw:
-        given = Path(raw).expanduser()
-        kept = folder.resolve() in given.resolve().parents  # already in datasets/uploads
-        if given.is_file():
-            return given if kept else _keep_upload(workspace, given.name, given)
-        if given.is_dir() and kept:  # an earlier multi-file upload
-            return given
-        if (folder / given.name).exists():
-            return folder / given.name
-        raise DataError(f"{field}={raw!r}: no such file (looked at {given} and "
-                        f"{folder / given.name}). Give the path of the file to use.")
-    if ask_again and not in_colab():
-        raise DataError(f"Asked for a new upload, but there is no upload dialog outside Colab: set "
-                        f"{field} to the file to use (it is copied into {folder}).")
-    previous = None if ask_again else _newest_upload(folder)
-    if previous is not None:
-        if previous not in _announced_reuse:
-            _announced_reuse.add(previous)
-            again = ("tick upload_new to choose another file" if field == "upload_path"
-                     else "delete it to be asked again")
-            print(f"Reusing the earlier upload {previous} ({again}, or set {field} to a file).")
-        return previous
-    if in_colab():
-        return _colab_upload(workspace, field)
-    raise DataError(
-        f"data_source='upload' outside Colab has no upload dialog: set {field} to the file to "
-        f"use (it is copied into {folder})."
-    )
-
-
-def _newest_upload(folder: Path) -> Path | None:
-    if not folder.is_dir():
-        return None
-    kept = [p for p in folder.iterdir() if not is_temp_name(p.name) and (p.is_file() or p.is_dir())]
-    return max(kept, key=lambda p: p.stat().st_mtime_ns) if kept else None
-
-
-def _keep_upload(workspace: Workspace, name: str, content: Path | bytes) -> Path:
-    """Copy into datasets/uploads atomically; an identical file already there is left alone,
-    so its modification time, and with it the token cache key, stays the same."""
-    dest = workspace.datasets / UPLOADS / Path(name).name
-    if dest.is_file():
-        same = (dest.read_bytes() == content if isinstance(content, bytes)
-                else filecmp.cmp(dest, content, shallow=False))
-        if same:
-            return dest
-    if isinstance(content, bytes):
-        workspace.atomic_write(dest, lambda tmp: tmp.write_bytes(content))
-    else:
-        workspace.atomic_write(dest, lambda tmp: tmp.write_bytes(content.read_bytes()))
-    print(f"Saved {name} to {dest}")
-    return dest
-
-
-def _colab_upload(workspace: Workspace, field: str = "data_path") -> Path:
-    from google.colab import files as colab_files  # type: ignore[import-not-found]
-
-    print("Choose the file(s) to train on (.txt, .csv, .jsonl, .parquet, ...).")
-    uploaded = {Path(name).name: bytes(data) for name, data in colab_files.upload().items()}
-    if not uploaded:
-        raise DataError("No file was uploaded. Run the cell again and choose a file, or set "
-                        f"{field} to a file that is already on this machine or on Drive.")
-    if len(uploaded) == 1:
-        ((name, data),) = uploaded.items()
-        return _keep_upload(workspace, name, data)
-    # Several files: one folder named by their content, so that the set is what a re-run reuses
-    # (the same set uploaded again lands in the same folder, and keeps its token cache).
-    digest = hashlib.sha256()
-    for name, data in sorted(uploaded.items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    folder = workspace.datasets / UPLOADS / f"upload-{len(uploaded)}-files-{digest.hexdigest()[:10]}"
-    with atomic_dir(folder) as tmp:  # whole or absent: a disconnect leaves no half set behind
-        for name, data in uploaded.items():
-            (tmp / name).write_bytes(data)
-    os.utime(folder)  # the newest upload, even when the same set was uploaded before
-    print(f"Saved {len(uploaded)} files to {folder}")
-    return folder
 
 
 # --------------------------------------------------------------------------- the Hub

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -17,6 +18,8 @@ from datasets import Dataset, DatasetDict
 
 from .errors import DataError
 
+# Tokens per chunk of a sample: a few MB of Python lists, whatever the stream's length.
+SAMPLE_CHUNK = 1 << 16
 # Contexts are vocab_size**order; beyond this the tables and the stationary solve get slow and
 # memory hungry (order 2 with vocab 64 is 4,096 contexts; order 3 fits only for vocab <= 101).
 MAX_CONTEXTS = 2**20
@@ -41,6 +44,12 @@ def _distinct_tokens(rng: np.random.Generator, rows: int, k: int, vocab: int) ->
         if not dup.any():
             return out
         out[dup] = rng.integers(0, vocab, size=(int(dup.sum()), k))
+
+
+def _copy_generator(rng: np.random.Generator) -> np.random.Generator:
+    copy = np.random.Generator(type(rng.bit_generator)())
+    copy.bit_generator.state = rng.bit_generator.state
+    return copy
 
 
 class MarkovChain:
@@ -154,38 +163,66 @@ class MarkovChain:
     def sample(self, n_tokens: int, seed: int) -> np.ndarray:
         """n_tokens ids (int64) from the chain, started in its stationary distribution.
 
-        The chain is sequential, so this is a tight Python loop over compact arrays (~1 us per
-        token): 200k tokens in well under a second. All randomness is drawn up front from
-        `seed`, independent of the seed that built the chain.
+        All of `sample_chunks` at once: for tests and previews, not for big streams.
+        """
+        chunks = list(self.sample_chunks(n_tokens, seed))
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+
+    def sample_chunks(
+        self, n_tokens: int, seed: int, chunk_tokens: int = SAMPLE_CHUNK
+    ) -> Iterator[np.ndarray]:
+        """The ids of `sample(n_tokens, seed)`, as int64 chunks of at most `chunk_tokens`.
+
+        Memory is one chunk, whatever n_tokens is. The chain is sequential, so each chunk is a
+        tight Python loop over compact arrays (~1 us per token). All randomness comes from
+        `seed` (independent of the seed that built the chain) in three draws of n - order
+        numbers each, one after the other on one generator: uniform-step coins, uniform
+        tokens, then the uniforms that pick successors. Each draw gets its own copy of the
+        generator, set where that draw starts, so the chunks hold exactly the numbers of one
+        big draw (and the ids of earlier versions, which made the three draws whole).
         """
         V, k, s = self.vocab_size, self.order, self.support
         n = int(n_tokens)
         if n <= 0:
-            return np.empty(0, dtype=np.int64)
+            return
         rng = np.random.default_rng(seed)
         ctx = int(rng.choice(self.n_contexts, p=self.stationary_distribution()))
         # The first `order` tokens are the starting context's digits, oldest first.
         first = [(ctx // V ** (k - 1 - j)) % V for j in range(k)]
+        yield np.asarray(first[:n], dtype=np.int64)
         n_loop = max(0, n - k)
-        uniform_step = (rng.random(n_loop) < self.smoothing).tolist()
-        uniform_tok = rng.integers(0, V, size=n_loop).tolist()
-        u = rng.random(n_loop).tolist()
+        if n_loop == 0:
+            return
+        coins = rng
+        # random() takes one 64-bit draw per number, so the token draw starts n_loop later.
+        tokens = _copy_generator(rng)
+        tokens.bit_generator.advance(n_loop)
+        # integers() may reject and redraw, so where the last draw starts is found by drawing
+        # (and dropping) the tokens once; chunked integers() calls draw the same numbers as one.
+        picks = _copy_generator(tokens)
+        for lo in range(0, n_loop, chunk_tokens):
+            picks.integers(0, V, size=min(chunk_tokens, n_loop - lo))
         # Flat C arrays: as fast to index as lists, and 8 bytes per entry instead of ~32.
         cum, succ = array("d"), array("q")
         cum.frombytes(np.cumsum(self.next_probs, axis=1).astype(np.float64).tobytes())
         succ.frombytes(self.next_tokens.astype(np.int64).tobytes())
-        n_ctx = self.n_contexts
-        out = [0] * n_loop
-        for i in range(n_loop):
-            if uniform_step[i]:
-                t = uniform_tok[i]
-            else:
-                base = ctx * s
-                # hi = last slot: rounding can leave cum[-1] a hair under 1.0.
-                t = succ[bisect_right(cum, u[i], base, base + s - 1)]
-            out[i] = t
-            ctx = (ctx * V + t) % n_ctx
-        return np.asarray(first[:n] + out, dtype=np.int64)
+        n_ctx, eps = self.n_contexts, self.smoothing
+        for lo in range(0, n_loop, chunk_tokens):
+            m = min(chunk_tokens, n_loop - lo)
+            uniform_step = (coins.random(m) < eps).tolist()
+            uniform_tok = tokens.integers(0, V, size=m).tolist()
+            u = picks.random(m).tolist()
+            out = [0] * m
+            for i in range(m):
+                if uniform_step[i]:
+                    t = uniform_tok[i]
+                else:
+                    base = ctx * s
+                    # hi = last slot: rounding can leave cum[-1] a hair under 1.0.
+                    t = succ[bisect_right(cum, u[i], base, base + s - 1)]
+                out[i] = t
+                ctx = (ctx * V + t) % n_ctx
+            yield np.asarray(out, dtype=np.int64)
 
     def log_probs(self, tokens: np.ndarray) -> np.ndarray:
         """log p(token_t | previous `order` tokens) for t >= order: for checking and tests."""
@@ -242,3 +279,35 @@ def synthetic_text_data(config: Any) -> DatasetDict:
         train=rows(chain.sample(total - n_val, seed=train_seed)),
         validation=rows(chain.sample(n_val, seed=val_seed)),
     )
+
+
+def synthetic_id_chunks(config: Any) -> dict[str, tuple[int, Iterator[np.ndarray]]]:
+    """The ids of `synthetic_text_data(config)` (max_samples applied) per split: how many, and
+    the ids as int64 chunks.
+
+    What load_token_data writes to the token file: the same ids as tokenizing the text rows,
+    without ever holding a whole stream (or its text) in memory.
+    """
+    chain = synthetic_chain(config)
+    total = int(config.synthetic_tokens)
+    n_val = int(round(total * float(config.val_fraction)))
+    train_seed, val_seed = np.random.SeedSequence(int(config.seed)).generate_state(2).tolist()
+    # max_samples keeps the first rows of each split, and a row is ROW_TOKENS ids.
+    rows = int(config.max_samples or 0)
+
+    def kept(n: int) -> int:
+        return n if rows <= 0 else min(n, rows * ROW_TOKENS)
+
+    def stream(n: int, seed: int) -> Iterator[np.ndarray]:
+        left = kept(n)
+        # The sample is drawn for all n tokens and cut, as selecting rows of it does: a
+        # shorter sample is not a prefix of a longer one.
+        for chunk in chain.sample_chunks(n, seed):
+            if left <= 0:
+                return
+            yield chunk[:left]
+            left -= min(left, len(chunk))
+
+    n_train = total - n_val
+    return {"train": (kept(n_train), stream(n_train, train_seed)),
+            "validation": (kept(n_val), stream(n_val, val_seed))}

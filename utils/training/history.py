@@ -1,7 +1,10 @@
-"""Comparing runs: the DB's long metrics table as frames, one validation-loss figure, one table.
+"""The experiment history as tables and figures: recent runs, and runs compared side by side.
 
-Inputs are plain data (run dicts, pandas frames), not the DB's internals, so export and search
-can feed it from anywhere. Floor 4: never imports torch.
+Two layers. The first takes plain data (run dicts, pandas frames), not the DB's internals, so
+search and tests can feed it from anywhere: :func:`comparison_table`, :func:`plot_run_comparison`.
+The second reads an ``ExperimentDB`` and shows what the notebook's cells and ``runs --compare``
+show: :func:`run_comparison_table`, :func:`show_recent_runs`, :func:`show_run_comparison`.
+Floor 4: reads pandas frames, never imports torch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from matplotlib.figure import Figure
 
 from . import metric_names as M
 from .db_frames import wide_frame
-from .live_plotting import RED, PlotError, column_values, enable_notebook_figures, epoch_axis
+from .experiment_db import ExperimentDB, ExperimentDBError
+from .plot_style import RED, PlotError, column_values, enable_notebook_figures, epoch_axis, show
 from .training_config import NOT_HYPERPARAMETERS
 
 # ---------------------------------------------------------------------- DB's long table -> frames
@@ -60,13 +64,10 @@ def _run_curves(curves: Any, metric: str) -> dict[str, tuple[np.ndarray, np.ndar
                 out[str(run)] = (x, pd.to_numeric(wide[run], errors="coerce").to_numpy(dtype=float))
     elif isinstance(curves, Mapping):
         for run, frame in curves.items():
-            if isinstance(frame, pd.Series):
-                out[str(run)] = (frame.index.to_numpy(dtype=float), frame.to_numpy(dtype=float))
-            elif isinstance(frame, pd.DataFrame) and metric in frame.columns:
-                out[str(run)] = _curve(frame, metric)
-            else:
+            if not (isinstance(frame, pd.DataFrame) and metric in frame.columns):
                 raise PlotError(f"run {run!r}: expected a DataFrame with a {metric!r} column "
-                                "(a tracker summary) or a Series indexed by epoch.")
+                                "(a tracker summary).")
+            out[str(run)] = _curve(frame, metric)
     else:
         raise PlotError("plot_run_comparison() takes {run name: summary DataFrame} or one "
                         f"DataFrame, not {type(curves).__name__}.")
@@ -234,3 +235,54 @@ def comparison_table(runs: Sequence[Mapping[str, Any]], metric: str = M.VAL_LOSS
     if caveat is not None:
         table.attrs["caveat"] = caveat
     return table
+
+
+# ---------------------------------------------------------------------- from the experiment DB
+
+
+def run_comparison_table(db: ExperimentDB, run_ids: Sequence[int | str] | None = None,
+                         last: int = 5) -> pd.DataFrame:
+    """Hyperparameters that differ between runs, best val loss, epochs, time and tokens/s.
+
+    Default: the ``last`` runs in the database, oldest first (the order they were tried in).
+    """
+    if run_ids is None:
+        run_ids = list(db.list_runs(limit=last)["id"])[::-1]
+    if not run_ids:
+        raise ExperimentDBError("No runs to compare: the experiment database is empty.")
+    entries, ids, statuses = [], [], []
+    for run_id in run_ids:
+        run = db.get_run(run_id)
+        summary, _ = metrics_frames(db.get_metrics(run["id"]))
+        entries.append({"name": run["name"], "config": run["config"], "summary": summary})
+        ids.append(run["id"])
+        statuses.append(run["status"])
+    table = comparison_table(entries, metric=M.VAL_LOSS)
+    table.insert(0, "id", ids)
+    table.insert(2, "status", statuses)
+    return table
+
+
+def show_recent_runs(db: ExperimentDB, limit: int = 10) -> None:
+    """The newest runs, before a new one starts: a repeat or a forgotten run shows up here."""
+    runs = db.list_runs(limit=limit)
+    if runs.empty:
+        print("No runs yet: this will be the first in the experiment history.")
+    else:
+        show(runs)
+
+
+def show_run_comparison(db: ExperimentDB, last: int = 5) -> None:
+    """The last runs side by side: a table of what differed and their validation curves."""
+    runs = db.list_runs(limit=last)
+    if runs.empty:
+        print("No runs to compare yet.")
+        return
+    ids = list(runs["id"])[::-1]  # oldest first, the order they were tried in
+    table = run_comparison_table(db, ids)
+    caveat = table.attrs.get("caveat")  # runs with different tokenizers
+    if caveat:
+        print(f"Caution: {caveat}")
+    show(table)
+    if len(ids) > 1:
+        show(plot_run_comparison(db.compare_runs(ids), caveat=caveat))

@@ -1,33 +1,184 @@
-"""One run, wired together: data, model, trainer, tracking and plots.
+"""One run, end to end: config -> data -> model -> trainer, with tracking and plots.
 
-The notebook's training cells, the CLI and every search trial go through ``TrainingSession``, so
-the order of operations lives in one place: validate and save the config, load (cached) tokens,
-seed, build the model, resume from a checkpoint if this run has one, then attach the experiment
-DB row and W&B to the run the checkpoint belongs to.
+The notebook's cells, the CLI, every search trial and the time estimate build through here, so
+the order of operations lives in one place. The config is validated once (``validate_config``);
+tokens are loaded from the cache, with the tokenizer a resumed run already has; the config
+records what the data fixed and is saved; the seed is set and the model built; the trainer,
+as it is built, resumes from the run's checkpoint; and ``TrainingSession`` attaches the
+experiment DB row and W&B to the run that checkpoint belongs to.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import metric_names as M
 from .callbacks import Callback
-from .dashboard import TrainingDashboard, format_duration
-from .data import TokenData, load_token_data
-from .experiment_db import ExperimentDBError
+from .checkpoints import CheckpointManager, seed_everything
+from .dashboard import TrainingDashboard
+from .data import TokenData, Tokenizer, load_token_data, make_dataloaders
+from .experiment_db import ExperimentDB, ExperimentDBError
+from .hardware import validate_for_hardware
 from .live_plotting import LivePlotter
-from .metrics_tracker import MetricsTracker
-from .notebook import show as display_object
-from .pipeline import prepare
+from .metrics_tracker import MetricsTracker, NoDatabase
+from .models import model_from_config
+from .plot_style import format_duration
+from .plot_style import show as display_object
 from .trainer import Trainer, TrainingDivergedError, TrainingResult
 from .training_config import TrainingConfig
-from .wandb_setup import init_wandb
+from .wandb_setup import DisabledRun, init_wandb
 from .workspace import RESULT_SUFFIXES, Workspace
+
+# ---------------------------------------------------------------------- the config, judged once
+
+# The contents of the configs validate_config passed in this process, newest last (a few are
+# enough: a path validates one config, a search one per trial).
+_VALIDATED: OrderedDict[tuple[str, bool], None] = OrderedDict()
+_REMEMBERED = 64
+
+
+def validate_config(config: TrainingConfig, workspace: Workspace | None = None, *,
+                    hardware: bool = True) -> TrainingConfig:
+    """The one place a run's config is judged: ``config.validate()`` and, with ``hardware``,
+    what this machine cannot do (fp16 without a GPU, a model or synthetic data too big), before
+    any data loads. A ConfigError lists every problem with its fix. With a ``workspace`` the
+    config is also saved to ``configs/<run>.json``.
+
+    Every entry point calls it first (the notebook's summary cell, the CLI, the search) and
+    ``prepare`` calls it for whoever did not, so a config is judged on whichever door it came in
+    by, and once: the same content that already passed here in this process is not judged
+    again. Judging depends only on the content and the machine, so a config changed since (a
+    later cell's ``replace``) is judged afresh, as it must be."""
+    key = (config.to_json(indent=None), hardware)
+    if key in _VALIDATED:
+        _VALIDATED.move_to_end(key)
+    else:
+        if hardware:
+            validate_for_hardware(config)
+        else:
+            config.validate()
+        _VALIDATED[key] = None
+        while len(_VALIDATED) > _REMEMBERED:
+            _VALIDATED.popitem(last=False)
+    if workspace is not None:
+        save_config(config, workspace)
+    return config
+
+
+def save_config(config: TrainingConfig, workspace: Workspace) -> Path:
+    """``configs/<run>.json``, written unless it already holds exactly this config (the notebook
+    saves it where it shows the validated card; the run would write the same bytes again)."""
+    path = workspace.config_file(config.run_name)
+    try:
+        if path.read_text(encoding="utf-8") == config.to_json() + "\n":
+            return path
+    except (OSError, UnicodeDecodeError):  # not there yet (or unreadable): write it
+        pass
+    return config.save(workspace.configs)
+
+
+# ---------------------------------------------------------------------- data and model
+
+
+@dataclass
+class Prepared:
+    """Everything the trainer needs, built but not yet run."""
+
+    config: TrainingConfig
+    workspace: Workspace | None
+    data: TokenData
+    model: nn.Module
+    train_loader: Any
+    val_loader: Any
+
+    def trainer(self, callbacks: Sequence[Callback] = (), **kwargs: Any) -> Trainer:
+        """The trainer, resumed from the run's checkpoint if it has one."""
+        return Trainer(self.config, self.model, self.train_loader, self.val_loader,
+                       callbacks=callbacks, workspace=self.workspace,
+                       tokenizer=self.data.tokenizer, **kwargs)
+
+    def describe(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        lines = [
+            f"Data: {self.data.source}: {len(self.data.train_ids):,} train / "
+            f"{len(self.data.val_ids):,} validation tokens, vocab {self.data.tokenizer.vocab_size:,}",
+            f"Model: {type(self.model).__name__}, {n_params / 1e6:.2f}M parameters",
+        ]
+        if self.data.known_entropy is not None:
+            lines.append(f"Best achievable loss (entropy of the data): {self.data.known_entropy:.4f}")
+        return "\n".join(lines)
+
+
+def prepare(
+    config: TrainingConfig,
+    workspace: Workspace | None = None,
+    *,
+    trust: bool = False,
+    data: TokenData | None = None,
+) -> Prepared:
+    """Validate the config (unless it already was: :func:`validate_config`), load tokens (or
+    reuse ``data``), save the config, build loaders and model.
+
+    ``trust`` allows running a Gist's ``model.py``; it is an argument, never a config field, so
+    a shared config file cannot switch it on."""
+    config = validate_config(config)  # fp16 on a CPU, a model too big: refused before data loads
+    if data is None:
+        data = load_token_data(config, workspace, tokenizer=_saved_tokenizer(config, workspace))
+    return _build(config, workspace, data, trust)
+
+
+def _build(config: TrainingConfig, workspace: Workspace | None, data: TokenData,
+           trust: bool) -> Prepared:
+    config = record_data_settings(config, data)
+    if workspace is not None:
+        save_config(config, workspace)
+    train_loader, val_loader = make_dataloaders(
+        data.train_ids, data.val_ids, config.block_size, config.batch_size, config.seed,
+        pin_memory=torch.cuda.is_available(),
+    )
+    # Seed right before building so the initial weights depend on the seed alone, not on how
+    # much randomness loading the data happened to use.
+    seed_everything(config.seed)
+    cache_dir = workspace.root / "models" if workspace is not None else None
+    model = model_from_config(config, data.tokenizer.vocab_size, trust=trust, cache_dir=cache_dir)
+    if workspace is not None:
+        # Next to the checkpoints: the run's ids mean nothing without the tokenizer that made them.
+        run = CheckpointManager(workspace.run_dir(config.run_name), create=False)
+        data.tokenizer.save(run.tokenizer_path)
+    return Prepared(config, workspace, data, model, train_loader, val_loader)
+
+
+def record_data_settings(config: TrainingConfig, data: TokenData) -> TrainingConfig:
+    """The config with what the data fixed (a token cache's tokenizer and vocab_size), so that
+    the saved config, the experiment DB, W&B and run comparisons record what was used."""
+    changes = {name: value for name, value in data.settings.items()
+               if getattr(config, name) != value}
+    if not changes:
+        return config
+    was = ", ".join(f"{name}={getattr(config, name)!r}" for name in changes)
+    now = ", ".join(f"{name}={value!r}" for name, value in changes.items())
+    print(f"The cached tokens at {data.cache_path} were made with {now}; the run records that "
+          f"(the config said {was}).")
+    return validate_config(config.replace(**changes), hardware=False)
+
+
+def _saved_tokenizer(config: TrainingConfig, workspace: Workspace | None) -> Tokenizer | None:
+    """The tokenizer a run being resumed was trained with (None when it has no checkpoint yet).
+    A missing or damaged ``tokenizer.json`` comes back from the copy in its checkpoints."""
+    if workspace is None or config.resume == "never":
+        return None
+    return CheckpointManager(workspace.run_dir(config.run_name, create=False),
+                             create=False).tokenizer()
+
+
+# ---------------------------------------------------------------------- the session
 
 
 @dataclass
@@ -39,7 +190,7 @@ class TrainingSession:
     trainer: Trainer
     tracker: MetricsTracker
     plotter: LivePlotter | None = None
-    db: Any = None
+    db: ExperimentDB | NoDatabase = field(default_factory=NoDatabase)
     use_wandb: bool = False
     result: TrainingResult | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)
@@ -52,7 +203,7 @@ class TrainingSession:
         config: TrainingConfig,
         workspace: Workspace | None = None,
         *,
-        db: Any = None,
+        db: ExperimentDB | None = None,
         trust: bool = False,
         live_plot: bool = True,
         progress: bool = True,
@@ -63,21 +214,24 @@ class TrainingSession:
         wandb: bool | None = None,
         data: TokenData | None = None,
     ) -> TrainingSession:
-        """Everything up to the first step. ``wandb=False`` forces W&B off (search trials)."""
+        """Everything up to the first step. ``wandb=False`` forces W&B off (search trials).
+        A config that :func:`validate_config` already passed is not judged again."""
         prepared = prepare(config, workspace, trust=trust, data=data)
         config = prepared.config  # with what the data fixed (a token cache's tokenizer)
         if verbose:
             print(prepared.describe())
-        tracker = MetricsTracker(db=db)
+        database = db if db is not None else NoDatabase()
+        tracker = MetricsTracker(db=database)
         plotter = None
         if live_plot:
             png = workspace.result(config.run_name, "live") if workspace is not None else None
             plotter = LivePlotter(run_name=config.run_name, path=png)
+        # The trainer resumes as it is built: the tracker has its history, DB run id and W&B
+        # run id back before anything below asks for them.
         trainer = prepared.trainer(
             [c for c in (tracker, plotter, *callbacks) if c is not None],
             progress=progress, verbose=verbose,
         )
-        trainer.resume()  # restores the tracker's history, DB run id and W&B run id too
 
         use_wandb = config.use_wandb if wandb is None else wandb and config.use_wandb
         if trainer.finished:
@@ -85,27 +239,27 @@ class TrainingSession:
             # run closed; only a checkpoint whose row is gone gets a new, finished one.
             use_wandb = False
             ended = M.EARLY_STOPPED if trainer.stopped_early else M.COMPLETED
-            if db is not None and not _has_row(db, tracker.run_id, config.run_name):
-                tracker.run_id = db.start_run(config, tags=tags, study=study)
+            if not _has_row(database, tracker.run_id, config.run_name):
+                tracker.run_id = database.start_run(config, tags=tags, study=study)
                 tracker.finish(ended, tracker.final_summary())
-            elif db is not None and db.get_run(tracker.run_id)["status"] in (M.RUNNING,
-                                                                             M.INTERRUPTED):
+            elif database.get_run(tracker.run_id)["status"] in (M.RUNNING, M.INTERRUPTED):
                 # Killed inside the commit that closed the run (its row reads `running`, shown
                 # as `interrupted` once its process is gone): close it now.
                 tracker.finish(ended, tracker.final_summary())
-        elif db is not None:
-            tracker.run_id = db.start_run(
+        else:
+            tracker.run_id = database.start_run(
                 config, tags=tags, study=study, resume_run_id=tracker.run_id,
             )
         session = cls(config, workspace, prepared.data, prepared.model, trainer, tracker, plotter,
-                      db, use_wandb=use_wandb)
+                      database, use_wandb=use_wandb)
         tracker.wandb_run = session._wandb_run()
         return session
 
     def _wandb_run(self) -> Any:
-        """A W&B run for this session (resuming the tracker's W&B run id), or None when off."""
+        """A W&B run for this session (resuming the tracker's W&B run id); a DisabledRun, which
+        does nothing, when W&B is off."""
         if not self.use_wandb:
-            return None
+            return DisabledRun()
         directory = self.workspace.root if self.workspace is not None else None
         return init_wandb(self.config, run_id=self.tracker.run_id,
                           resume_id=self.tracker.wandb_run_id, directory=directory)
@@ -155,7 +309,7 @@ class TrainingSession:
                     else Path(f"{name}{RESULT_SUFFIXES['dashboard']}"))
         saved = dashboard.save(path, dpi=150)
         self.artifacts["dashboard"] = saved
-        self._log_artifact("dashboard", saved)
+        self.db.log_artifact(self.tracker.run_id, "dashboard", saved)
         if show:
             display_object(dashboard.figure)
         print(f"Dashboard saved to {saved}")
@@ -165,7 +319,7 @@ class TrainingSession:
         base = self.workspace.results if self.workspace is not None else Path(".")
         path = self.tracker.save_csv(base, self.config.run_name)
         self.artifacts["metrics_csv"] = path
-        self._log_artifact("metrics_csv", path)
+        self.db.log_artifact(self.tracker.run_id, "metrics_csv", path)
         return path
 
     def best_epoch_report(self) -> dict[str, Any]:
@@ -193,13 +347,10 @@ class TrainingSession:
                   "(Runtime > Change runtime type > GPU for a faster run):")
         display_object(self.dashboard().plot_panel("hardware"))
 
-    def _log_artifact(self, kind: str, path: Path) -> None:
-        if self.db is not None and self.tracker.run_id is not None:
-            self.db.log_artifact(self.tracker.run_id, kind, path)
 
-
-def _has_row(db: Any, run_id: Any, name: str) -> bool:
-    """Whether the database still holds this run's row (a wiped database does not)."""
+def _has_row(db: ExperimentDB | NoDatabase, run_id: int | None, name: str) -> bool:
+    """Whether the database still holds this run's row (a wiped database does not, nor does
+    a NoDatabase)."""
     if run_id is None:
         return False
     try:
@@ -207,6 +358,8 @@ def _has_row(db: Any, run_id: Any, name: str) -> bool:
     except ExperimentDBError:
         return False
 
+
+# ---------------------------------------------------------------------- the time estimate
 
 # An evaluation batch is a forward pass only: about a third of a training micro-batch, which
 # also runs the backward pass (about twice the forward) and the optimizer update.
@@ -275,8 +428,9 @@ def estimate_training_time(
 ) -> TimeEstimate:
     """Time a few real optimizer steps of this config on this runtime (after one warm-up step),
     on a throwaway model: the run itself starts from its own seed or checkpoint."""
+    config = validate_config(config)  # the run's own check: the run will not repeat it
     data = load_token_data(config, workspace)  # cached: the real run reuses it
-    prepared = prepare(config.replace(resume="never"), None, trust=trust, data=data)
+    prepared = _build(config.replace(resume="never"), None, data, trust)
     trainer = prepared.trainer(progress=False, verbose=False)
     seconds = trainer.time_steps(steps)
     val_batches = len(trainer.val_loader)
