@@ -23,6 +23,11 @@ class Callback:
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None: ...
 
+    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+        """An evaluation on the step cadence (``eval_every_steps``): its optimizer step, epoch
+        in progress, val metrics and the train loss since the previous one. With the epoch
+        cadence the evaluation is part of ``on_epoch_end``'s metrics instead."""
+
     def on_train_end(self, trainer: Any, result: Any) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -223,6 +223,12 @@ def _corrupt(path: Path, reason: str) -> CorruptCheckpointError:
     )
 
 
+def _unreadable(path: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {path} cannot be read ({exc.strerror or exc}). Check that the file is "
+        "readable (on Drive: that it is still mounted), then run again.")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
@@ -241,10 +247,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except OSError as exc:
-        raise CheckpointError(
-            f"Checkpoint {path} cannot be read ({exc.strerror or exc}). Check that the file is "
-            "readable (on Drive: that it is still mounted), then run again."
-        ) from exc
+        raise _unreadable(path, exc) from exc
     # zipfile raises BadZipFile, but also ValueError, UnicodeDecodeError, EOFError and more on
     # garbled headers: any of them means the bytes are not a checkpoint.
     except Exception as exc:
@@ -254,10 +257,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
-        raise CheckpointError(
-            f"Checkpoint {path} cannot be read ({exc.strerror or exc}). Check that the file is "
-            "readable (on Drive: that it is still mounted), then run again."
-        ) from exc
+        raise _unreadable(path, exc) from exc
     # Unpickling damaged bytes raises IndexError, KeyError, UnicodeDecodeError, ValueError,
     # MemoryError (a garbled size) ... there is no closed list; all of them mean "corrupt".
     except Exception as exc:

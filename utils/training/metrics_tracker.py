@@ -128,6 +128,7 @@ class MetricsTracker(Callback):
         self.device_index = device_index
 
         self.epochs: list[dict[str, float]] = []
+        self.evaluations: list[dict[str, float]] = []  # eval_every_steps' rows, by step
         self._batches: dict[str, array] = {name: array("d") for name in _BATCH_FIELDS}
         self._flushed = 0  # batch rows already in the database
         self.wandb_run = wandb_run  # also sets _wandb_attached
@@ -167,6 +168,10 @@ class MetricsTracker(Callback):
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         self.log_epoch(metrics)
         self.db.sync()  # the Drive copy of the database is at most one epoch behind
+
+    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self.log_eval(metrics)
+        self.db.sync()
 
     def on_train_end(self, trainer: Any, result: Any) -> None:
         status = str(getattr(result, "status", M.COMPLETED))
@@ -219,6 +224,27 @@ class MetricsTracker(Callback):
         self.epochs = [r for r in self.epochs if r[M.EPOCH] < epoch]
         self.epochs.append(row)
         values = {k: v for k, v in row.items() if k not in (M.EPOCH, M.STEP)}
+        self.db.log_metrics(self._db_run_id(), values, step=step, epoch=epoch)
+        self._log_wandb({**values, M.EPOCH: epoch}, step)
+        return dict(row)
+
+    def log_eval(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """One evaluation on the step cadence: a point at its optimizer step. The database and
+        W&B get its val metrics at that step (the epoch rows of such a run carry none, so no
+        name is stored twice at a step); the history keeps the whole row, train loss since
+        the previous evaluation included."""
+        row: dict[str, float] = {name: float(value) for name, value in metrics.items()}
+        steps = self._batches[M.STEP]
+        step = int(row.get(M.STEP, steps[-1] if steps else 0))
+        epoch = int(row.get(M.EPOCH, len(self.epochs) + 1))
+        row[M.STEP], row[M.EPOCH] = step, epoch
+        if M.VAL_LOSS in row and M.VAL_PERPLEXITY not in row:
+            row[M.VAL_PERPLEXITY] = M.perplexity(row[M.VAL_LOSS])
+        self.flush()  # the batch rows up to this step first: the database stays in step order
+        # A re-run evaluation (resumed from a checkpoint taken before it) replaces the old row.
+        self.evaluations = [r for r in self.evaluations if r[M.STEP] < step]
+        self.evaluations.append(row)
+        values = {k: row[k] for k in (M.VAL_LOSS, M.VAL_PERPLEXITY) if k in row}
         self.db.log_metrics(self._db_run_id(), values, step=step, epoch=epoch)
         self._log_wandb({**values, M.EPOCH: epoch}, step)
         return dict(row)
@@ -277,18 +303,23 @@ class MetricsTracker(Callback):
     def final_summary(self, result: Any = None) -> dict[str, Any]:
         """The numbers a run is remembered by, from the ``TrainingResult`` and the history."""
         summary: dict[str, Any] = {"epochs_completed": len(self.epochs)}
-        if any(M.VAL_LOSS in r for r in self.epochs):
+        if self.evaluations:  # the step cadence: best and final val loss are evaluations'
+            best = min(self.evaluations, key=lambda r: (math.isnan(r[M.VAL_LOSS]), r[M.VAL_LOSS]))
+            summary.update(best_val_loss=best[M.VAL_LOSS], best_step=int(best[M.STEP]),
+                           best_epoch=int(best[M.EPOCH]))
+        elif any(M.VAL_LOSS in r for r in self.epochs):
             best = self.best_epoch(M.VAL_LOSS, "min")
             if best:
                 summary.update(best_val_loss=best[M.VAL_LOSS], best_epoch=int(best[M.EPOCH]))
-        if self.epochs:
-            last = self.epochs[-1]
+        for rows in (self.epochs, self.evaluations):  # an evaluation's values win when both have
+            last = rows[-1] if rows else {}
             for key, name in (("final_train_loss", M.TRAIN_LOSS), ("final_val_loss", M.VAL_LOSS),
                               ("final_val_perplexity", M.VAL_PERPLEXITY)):
                 if name in last:
                     summary[key] = last[name]
-        for key in ("epochs_completed", "global_step", "best_val_loss", "best_epoch", "precision",
-                    "elapsed"):
+        keys = ["epochs_completed", "global_step", "best_val_loss", "best_epoch", "precision",
+                "elapsed"] + (["best_step"] if self.evaluations else [])
+        for key in keys:
             value = getattr(result, key, None)
             if value is not None:
                 summary[key] = value
@@ -306,6 +337,14 @@ class MetricsTracker(Callback):
         rest = [c for c in frame.columns if c not in first and c not in known]
         frame = frame.reindex(columns=first + extra + rest)
         return frame.astype({c: "int64" for c in (M.EPOCH, M.STEP) if c in frame.columns})
+
+    def eval_history(self) -> pd.DataFrame:
+        """One row per step-cadence evaluation (``eval_every_steps``): step, epoch, train and
+        val loss and perplexity, learning rate; empty when the run evaluates per epoch."""
+        frame = pd.DataFrame(self.evaluations)
+        if frame.empty:
+            return pd.DataFrame(columns=[M.STEP, M.EPOCH, M.TRAIN_LOSS, M.VAL_LOSS])
+        return frame.astype({c: "int64" for c in (M.STEP, M.EPOCH) if c in frame.columns})
 
     def batch_history(self) -> pd.DataFrame:
         """One row per optimizer step: ``metric_names.BATCH_COLUMNS``."""
@@ -383,6 +422,7 @@ class MetricsTracker(Callback):
         return {
             "version": 1,
             "epochs": [dict(r) for r in self.epochs],
+            "evaluations": [dict(r) for r in self.evaluations],
             "batches": batches,
             "wandb_id": self._wandb_id,
             "wandb_step": self._wandb_step,
@@ -391,6 +431,7 @@ class MetricsTracker(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs = [dict(r) for r in state.get("epochs", [])]
+        self.evaluations = [dict(r) for r in state.get("evaluations", [])]
         saved = state.get("batches", {})
         self._batches = {name: array("d", saved.get(name, [])) for name in _BATCH_FIELDS}
         self._flushed = len(self._batches[M.STEP])  # flushed when the checkpoint was taken

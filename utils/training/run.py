@@ -323,12 +323,15 @@ class TrainingSession:
         return path
 
     def best_epoch_report(self) -> dict[str, Any]:
-        best = self.tracker.best_epoch()
+        evaluations = self.tracker.evaluations  # eval_every_steps: the best is an evaluation
+        best = (min(evaluations, key=lambda r: r["val/loss"]) if evaluations
+                else self.tracker.best_epoch())
         if not best:
             print("No epoch finished yet.")
             return {}
+        where = f"step {int(best['step'])}" if evaluations else f"epoch: {int(best['epoch'])}"
         print(
-            f"Best epoch: {int(best['epoch'])} with val loss {best['val/loss']:.4f} "
+            f"Best {where} with val loss {best['val/loss']:.4f} "
             f"(perplexity {best['val/perplexity']:.2f})."
         )
         if self.data.known_entropy is not None:

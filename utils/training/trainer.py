@@ -13,7 +13,6 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metric_names as M
+from . import training_result as report
 from .callbacks import Callback
 from .checkpoints import (
     CheckpointManager,
@@ -37,7 +37,7 @@ from .checkpoints import (
     strip_compile_prefix,
 )
 from .data import EpochSampler, ResumableBatchSampler, Tokenizer
-from .errors import PersonFacing, TrainingInterrupted
+from .errors import TrainingInterrupted
 from .hardware import (
     Interrupt,
     Precision,
@@ -52,7 +52,8 @@ from .hardware import (
     refuse_multi_process,
 )
 from .models.gpt import generate
-from .optimizer import build_optimizer, lr_at
+from .optimizer import build_optimizer, lr_at, plan_steps
+from .training_result import TrainingDivergedError, TrainingResult
 
 if TYPE_CHECKING:
     from .training_config import TrainingConfig
@@ -67,51 +68,10 @@ _PROGRESS = ("epoch", "batch_in_epoch", "global_step", "best_val_loss", "best_ep
              "epochs_without_improvement")
 
 
-def _fresh_epoch_acc() -> dict[str, float]:
-    """What an epoch sums up as it goes (saved in checkpoints, so a mid-epoch resume is exact)."""
-    return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
-
-
-class TrainingDivergedError(PersonFacing, RuntimeError):
-    """The loss became NaN or infinite; the weights were not updated with it."""
-
-
-@dataclass
-class TrainingResult:
-    run_name: str
-    status: str  # completed | early_stopped | stopped | already_finished
-    epochs_completed: int
-    global_step: int
-    best_val_loss: float
-    best_epoch: int
-    history: list[dict[str, float]]
-    precision: str
-    # Seconds of training over every session of the run (evaluation excluded): the sum of the
-    # epoch durations the experiment DB holds, plus an unfinished epoch's share.
-    elapsed: float
-    checkpoint_dir: Path | None = None
-    last_checkpoint: Path | None = None
-    samples: list[str] = field(default_factory=list)
-    seconds_before: float = 0.0  # the part of ``elapsed`` trained by earlier sessions
-    wall_seconds: float = 0.0  # this fit() call by the clock, evaluation and checkpoints included
-
-    @property
-    def final_val_loss(self) -> float:
-        return self.history[-1][M.VAL_LOSS] if self.history else math.nan
-
-    @property
-    def final_train_loss(self) -> float:
-        return self.history[-1][M.TRAIN_LOSS] if self.history else math.nan
-
-    def __str__(self) -> str:
-        trained = f"{self.elapsed:.0f}s of training"
-        if self.seconds_before > 0:  # resumed: the total is what the DB holds; say both
-            trained += f" over all sessions, {self.elapsed - self.seconds_before:.0f}s in this one"
-        return (
-            f"{self.run_name}: {self.status} after {self.epochs_completed} epochs "
-            f"({self.global_step} steps, {trained}); best val loss "
-            f"{self.best_val_loss:.4f} at epoch {self.best_epoch}"
-        )
+# What an epoch sums up as it goes, and the train loss since the last step-cadence evaluation
+# (both saved in checkpoints, so a resume between epoch ends or evaluations is exact).
+_EPOCH_ACC = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "grad_norm": 0.0}
+_EVAL_ACC = {"loss_sum": 0.0, "tokens": 0}
 
 
 class Trainer:
@@ -152,11 +112,14 @@ class Trainer:
         # Ours starts mid-epoch by itself and its position rides along in checkpoints.
         self._sampler = sampler if isinstance(sampler, ResumableBatchSampler) else None
         self._epoch_sampler = sampler if isinstance(sampler, EpochSampler) else None
+        val_sampler = getattr(val_loader, "sampler", None)
+        self._val_sampler = val_sampler if isinstance(val_sampler, ResumableBatchSampler) else None
         self.micro_batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
         accum = config.grad_accum_steps
         self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch / accum))
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = round(config.warmup_ratio * self.total_steps)
+        # The real number of optimizer steps (epochs, max_steps or max_tokens: the first to end).
+        self.plan = plan_steps(config, self.steps_per_epoch)
+        self.total_steps, self.warmup_steps = self.plan.total_steps, self.plan.warmup_steps
 
         flops = getattr(self.raw_model, "flops_per_token", None)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
@@ -170,12 +133,16 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best_val_loss = math.inf
         self.best_epoch = 0
-        self.epochs_without_improvement = 0
+        self.best_step = 0
+        self.epochs_without_improvement = 0  # evaluations without improvement, in truth
+        self.evaluations: list[dict[str, float]] = []  # rows of the step-cadence evaluations
         self.should_stop = False  # set by early stopping or by a callback
         self._interrupt = Interrupt()  # what Ctrl-C asked during the fit() in progress
         self._early_stopped = False
         self.samples: list[str] = []
-        self._epoch_acc = _fresh_epoch_acc()
+        self._epoch_acc = dict(_EPOCH_ACC)
+        self._eval_acc = dict(_EVAL_ACC)
+        self._best_pending = False  # improved at an epoch's last step: _end_epoch marks it best
         self._elapsed_before = 0.0  # training seconds from earlier processes of this run
 
         self.checkpoints = CheckpointManager(
@@ -212,6 +179,7 @@ class Trainer:
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
             f"({cfg.tokens_per_step:,} tokens/step), warmup {self.warmup_steps} steps"
+            + (f"\n{self.plan.describe(cfg, self.steps_per_epoch)}" if self.plan.budgeted else "")
         )
 
         for callback in self.callbacks:
@@ -222,9 +190,14 @@ class Trainer:
                 explain_out_of_memory(cfg, self.precision):
             while self.epoch < cfg.epochs:
                 last_save = self._train_epoch(last_save)
-                self._end_epoch()
+                # A budget or early stopping on the step cadence may end the run mid-epoch: that
+                # epoch has no row (its steps are in the batch rows and the evaluations).
+                cut = self._budget_spent() or self._early_stopped
+                if self.batch_in_epoch >= self.micro_batches_per_epoch or not cut:
+                    self._end_epoch()
                 if self.should_stop:
                     status = "early_stopped" if self._early_stopped else "stopped"
+                if self.should_stop or self._budget_spent():
                     break
         if self._saved_step != self.global_step:  # the last epoch's checkpoint usually is it
             self._save("final")
@@ -240,10 +213,11 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.int64)
-        limit = self.config.eval_max_batches or None
-        for index, (inputs, targets) in enumerate(self.val_loader):
-            if limit is not None and index >= limit:
-                break
+        # Every evaluation sees the same first eval_max_batches batches (and loads no more): our
+        # sampler would otherwise carry on from where the last, cut-short, evaluation stopped.
+        if self._val_sampler is not None:
+            self._val_sampler.set_epoch(0)
+        for inputs, targets in itertools.islice(self.val_loader, self.config.eval_max_batches or None):
             loss_sum += self._loss(inputs, targets).double()
             tokens += (targets != IGNORE_INDEX).sum().to(self.device)
         self.model.train()
@@ -301,24 +275,73 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{step_metrics[M.BATCH_LOSS]:.4f}",
                             lr=f"{step_metrics[M.LEARNING_RATE]:.2e}", refresh=False)
+            epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
+            improved = False
+            if self._eval_due():
+                improved = self._evaluate_on_step()
+                tick = time.perf_counter()  # evaluating is not training time
             if self._interrupt.requested:
                 bar.close()
-                path = self._save("interrupt")
+                path = self._save("interrupt", best=improved)
                 saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
                 raise TrainingInterrupted(
                     f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
                     f"({saved}). Run it again to resume from here."
                 )
-            minutes = cfg.checkpoint_every_minutes
+            every = cfg.checkpoint_every_steps
+            due = (improved or (every and self.global_step % every == 0)
+                   or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60)
             # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
             # checkpoint from just before that row would make a resume log it a second time.
-            epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
-            if self.checkpoints and not epoch_done and time.monotonic() - last_save >= minutes * 60:
-                self._save("time")
+            if self.checkpoints and due and not epoch_done:
+                self._save("step", best=improved)
                 last_save = time.monotonic()
                 tick = time.perf_counter()  # saving is not training time
+            self._best_pending |= improved and epoch_done
+            if self._budget_spent() or self._early_stopped:
+                break
         bar.close()
         return last_save
+
+    def _budget_spent(self) -> bool:  # max_steps or max_tokens is set, and its steps are done
+        return self.plan.budgeted and self.global_step >= self.total_steps
+
+    def _eval_due(self) -> bool:
+        """On the step cadence: every ``eval_every_steps`` steps, and at the run's last step."""
+        every = self.config.eval_every_steps
+        last = self.evaluations[-1][M.STEP] if self.evaluations else 0
+        return bool(every) and last != self.global_step and (
+            self.global_step % every == 0 or self.global_step == self.total_steps)
+
+    def _evaluate_on_step(self) -> bool:
+        """Evaluate, judge "best" and early stopping, tell the callbacks; True: a new best."""
+        acc = self._eval_acc
+        train_loss = acc["loss_sum"] / acc["tokens"] if acc["tokens"] else math.nan
+        metrics: dict[str, float] = {
+            M.STEP: self.global_step, M.EPOCH: self.epoch + 1, M.TRAIN_LOSS: train_loss,
+            M.TRAIN_PERPLEXITY: M.perplexity(train_loss), **self.evaluate(),
+            M.LEARNING_RATE: self.optimizer.param_groups[0]["lr"],
+        }
+        self._eval_acc = dict(_EVAL_ACC)
+        self.evaluations.append(metrics)
+        improved = self._judge(metrics[M.VAL_LOSS])
+        for callback in self.callbacks:
+            callback.on_evaluate(self, metrics)
+        self._say(report.eval_line(metrics, self.total_steps))
+        return improved
+
+    def _judge(self, val_loss: float) -> bool:
+        """Best so far? Early stopping counts the evaluations that were not."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.best_step = val_loss, self.epoch + 1, self.global_step
+            self.epochs_without_improvement = 0
+            return True
+        self.epochs_without_improvement += 1
+        if self.stopped_early:
+            self._say(report.early_stop_note(self.config, self.epochs_without_improvement,
+                                      self.best_val_loss, self.best_epoch, self.best_step))
+            self.should_stop = self._early_stopped = True
+        return False
 
     def _epoch_batches(self) -> Iterator:
         """This epoch's batches from where the run stopped. Our sampler starts mid-epoch by
@@ -376,13 +399,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(
-                f"The loss became {loss_value} at epoch {self.epoch + 1}, step {self.global_step} "
-                f"(precision {self.precision.name}, learning_rate {cfg.learning_rate:g}). The "
-                "weights were not updated with it, and the last checkpoint is intact. Lower "
-                "learning_rate (e.g. by 3x), raise warmup_ratio, keep max_grad_norm at 1.0, or "
-                "try precision='fp32' to rule out overflow; then run again (it resumes)."
-            )
+            raise TrainingDivergedError(report.diverged_note(loss_value, self.epoch + 1, self.global_step,
+                                                      self.precision.name, cfg.learning_rate))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -392,6 +410,8 @@ class Trainer:
         self._epoch_acc["loss_sum"] += loss_value * group_tokens
         self._epoch_acc["tokens"] += group_tokens
         self._epoch_acc["grad_norm"] = norm_value
+        self._eval_acc["loss_sum"] += loss_value * group_tokens
+        self._eval_acc["tokens"] += group_tokens
         return {
             M.STEP: self.global_step, M.EPOCH: self.epoch + 1, M.BATCH_LOSS: loss_value,
             M.LEARNING_RATE: lr, M.GRAD_NORM: norm_value, M.TOKENS: group_tokens,
@@ -419,54 +439,33 @@ class Trainer:
         seconds = acc["seconds"]
         tokens_per_sec = acc["tokens"] / seconds if seconds > 0 else 0.0
         metrics: dict[str, float] = {
-            M.EPOCH: self.epoch + 1,
-            M.STEP: self.global_step,
-            M.TRAIN_LOSS: train_loss,
-            M.TRAIN_PERPLEXITY: M.perplexity(train_loss),
-            **self.evaluate(),
-            M.LEARNING_RATE: self.optimizer.param_groups[0]["lr"],
-            M.GRAD_NORM: acc["grad_norm"],
-            M.EPOCH_DURATION: seconds,
-            M.TOKENS_PER_SEC: tokens_per_sec,
+            M.EPOCH: self.epoch + 1, M.STEP: self.global_step,
+            M.TRAIN_LOSS: train_loss, M.TRAIN_PERPLEXITY: M.perplexity(train_loss),
+            # On the step cadence the evaluations have their own rows (on_evaluate).
+            **({} if cfg.eval_every_steps else self.evaluate()),
+            M.LEARNING_RATE: self.optimizer.param_groups[0]["lr"], M.GRAD_NORM: acc["grad_norm"],
+            M.EPOCH_DURATION: seconds, M.TOKENS_PER_SEC: tokens_per_sec,
         }
         if self.peak_flops:
             metrics[M.MFU] = self.flops_per_token * tokens_per_sec / self.peak_flops
         self.history.append(metrics)
         self._elapsed_before += seconds
 
-        improved = metrics[M.VAL_LOSS] < self.best_val_loss
-        if improved:
-            self.best_val_loss, self.best_epoch = metrics[M.VAL_LOSS], self.epoch + 1
-            self.epochs_without_improvement = 0
-        else:
-            self.epochs_without_improvement += 1
-            if self.stopped_early:
-                self._say(f"Early stopping: val loss has not improved for "
-                          f"{self.epochs_without_improvement} epochs (best {self.best_val_loss:.4f} "
-                          f"at epoch {self.best_epoch}).")
-                self.should_stop = self._early_stopped = True
+        improved = self._best_pending or (not cfg.eval_every_steps
+                                          and self._judge(metrics[M.VAL_LOSS]))
+        self._best_pending = False
 
         self.epoch += 1
         self.batch_in_epoch = 0
-        self._epoch_acc = _fresh_epoch_acc()
+        self._epoch_acc = dict(_EPOCH_ACC)
         for callback in self.callbacks:
             callback.on_epoch_end(self, metrics)
-        self._say(self._epoch_line(metrics))
+        self._say(report.epoch_line(metrics, cfg.epochs))
         self._sample()
 
         due = self.epoch % cfg.checkpoint_every_epochs == 0 or self.epoch == cfg.epochs
         if self.checkpoints and (due or improved):
-            path = self._save("epoch")
-            if improved and path is not None:
-                self.checkpoints.save_best(path, self.global_step)
-
-    def _epoch_line(self, m: dict[str, float]) -> str:
-        mfu = f" | MFU {m[M.MFU]:.1%}" if M.MFU in m else ""
-        return (
-            f"epoch {int(m[M.EPOCH])}/{self.config.epochs} | train {m[M.TRAIN_LOSS]:.4f} | "
-            f"val {m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}) | lr {m[M.LEARNING_RATE]:.2e} | "
-            f"{m[M.TOKENS_PER_SEC]:,.0f} tok/s{mfu} | {m[M.EPOCH_DURATION]:.1f}s"
-        )
+            self._save("epoch", best=improved)
 
     def _sample(self) -> None:
         cfg, tok = self.config, self.tokenizer
@@ -491,8 +490,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
             "progress": {**{key: getattr(self, key) for key in _PROGRESS},
-                         "epoch_acc": dict(self._epoch_acc), "elapsed": self._elapsed_before},
+                         "epoch_acc": dict(self._epoch_acc), "elapsed": self._elapsed_before,
+                         "best_step": self.best_step, "eval_acc": dict(self._eval_acc)},
             "history": [dict(row) for row in self.history],
+            "evaluations": [dict(row) for row in self.evaluations],
             "samples": list(self.samples),
             "sampler": self._sampler.state_dict() if self._sampler is not None else None,
             "callbacks": callback_states(self.callbacks),
@@ -508,6 +509,10 @@ class Trainer:
             setattr(self, key, progress[key])
         self._epoch_acc = dict(progress["epoch_acc"])
         self._elapsed_before = progress["elapsed"]
+        # Checkpoints from before step budgets lack these three.
+        self.best_step = progress.get("best_step", 0)
+        self._eval_acc = dict(progress.get("eval_acc", dict(_EVAL_ACC)))
+        self.evaluations = [dict(row) for row in state.get("evaluations", [])]
         self.history = [dict(row) for row in state["history"]]
         self.samples = list(state.get("samples", []))
         # When the batch size or the data changed (a common fix for running out of GPU memory)
@@ -517,16 +522,19 @@ class Trainer:
             self._say(f"The data changed since the checkpoint ({', '.join(changed)}): epoch "
                       f"{self.epoch + 1} starts again from its beginning.")
             self.batch_in_epoch = 0
-            self._epoch_acc = _fresh_epoch_acc()
+            self._epoch_acc = dict(_EPOCH_ACC)
         restore_callbacks(self.callbacks, state.get("callbacks", {}))
         restore_rng_state(state["rng"])
 
-    def _save(self, kind: str) -> Path | None:
+    def _save(self, kind: str, best: bool = False) -> Path | None:
+        """Save a checkpoint; ``best``: it holds the best evaluation so far, so mark it best."""
         if self.checkpoints is None:
             return None
         self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
                                                      self.global_step)
         self._saved_step = self.global_step
+        if best:
+            self.checkpoints.save_best(self.last_checkpoint, self.global_step)
         return self.last_checkpoint
 
     def resume(self) -> Path | None:
@@ -559,22 +567,14 @@ class Trainer:
         """Every planned epoch is done, or early stopping ended the run: ``fit`` would have
         nothing to train. Without the second half a rerun of an early-stopped run would train
         one more epoch, stop again, and do the same on every rerun."""
-        return self.epoch >= self.config.epochs or self.stopped_early
+        # A budget spent at an epoch's last step still owes that epoch's row.
+        budget_done = self._budget_spent() and self.batch_in_epoch < self.micro_batches_per_epoch
+        return self.epoch >= self.config.epochs or self.stopped_early or budget_done
 
     def _finished_note(self) -> str:
-        cfg = self.config
-        done = (f"Run '{cfg.run_name}' already finished its {self.epoch} "
-                f"epoch{'' if self.epoch == 1 else 's'}")
-        if self.stopped_early:
-            flat = self.epochs_without_improvement
-            also = " and epochs" if self.epoch >= cfg.epochs else ""
-            return (f"{done} (early stopping: val loss had not improved for {flat} "
-                    f"epoch{'' if flat == 1 else 's'}, best {self.best_val_loss:.4f} at epoch "
-                    f"{self.best_epoch}): nothing to train. Raise early_stopping_patience (0 "
-                    f"turns early stopping off){also} to train longer, or change run_name for a "
-                    "new run.")
-        return (f"{done}: nothing to train. Raise epochs to train longer, or change run_name "
-                "for a new run.")
+        return report.finished_note(self.config, self.epoch, self.epochs_without_improvement,
+                             self.best_val_loss, self.best_epoch, stopped_early=self.stopped_early,
+                             budget_done=self._budget_spent())
 
     # ------------------------------------------------------------------ misc
 
@@ -586,8 +586,9 @@ class Trainer:
         return TrainingResult(
             run_name=self.config.run_name, status=status, epochs_completed=self.epoch,
             global_step=self.global_step,
-            best_val_loss=self.best_val_loss if self.history else math.nan,
+            best_val_loss=self.best_val_loss if self.history or self.evaluations else math.nan,
             best_epoch=self.best_epoch, history=[dict(r) for r in self.history],
+            evaluations=[dict(r) for r in self.evaluations], best_step=self.best_step,
             precision=self.precision.name, elapsed=self._trained_seconds(),
             checkpoint_dir=self.checkpoints.directory if self.checkpoints else None,
             last_checkpoint=self.last_checkpoint, samples=list(self.samples),

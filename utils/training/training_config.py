@@ -38,7 +38,8 @@ _FALSE = {"false", "0", "no", "n", "off"}
 # and checks that a search study still measures the same thing leave them out.
 NOT_HYPERPARAMETERS = frozenset({
     "run_name", "resume", "use_wandb", "wandb_project", "wandb_entity", "wandb_tags",
-    "wandb_notes", "checkpoint_every_epochs", "checkpoint_every_minutes", "keep_checkpoints",
+    "wandb_notes", "checkpoint_every_epochs", "checkpoint_every_minutes", "checkpoint_every_steps",
+    "keep_checkpoints",
     "sample_prompt", "sample_tokens",
 })
 
@@ -83,6 +84,10 @@ _RANGES: dict[str, _Range] = {
     "learning_rate": _Range(0, 1, lo_open=True),
     "min_lr_ratio": _Range(0, 1, hint="the cosine floor as a fraction of learning_rate"),
     "batch_size": _Range(1), "grad_accum_steps": _Range(1), "epochs": _Range(1),
+    "max_steps": _Range(0, hint="optimizer steps; 0 = off, epochs decide"),
+    "max_tokens": _Range(0, hint="training tokens; 0 = off, epochs decide"),
+    "eval_every_steps": _Range(0, hint="optimizer steps; 0 = evaluate at each epoch end"),
+    "checkpoint_every_steps": _Range(0, hint="optimizer steps; 0 = off"),
     "warmup_ratio": _Range(0, 0.5, hint="a fraction of all optimizer steps"),
     "weight_decay": _Range(0, 1), "max_grad_norm": _Range(0, hint="0 turns clipping off"),
     "adam_beta1": _Range(0, 1, hi_open=True), "adam_beta2": _Range(0, 1, hi_open=True),
@@ -209,7 +214,9 @@ class TrainingConfig:
     min_lr_ratio: float = 0.1
     batch_size: int = 16
     grad_accum_steps: int = 1
-    epochs: int = 5
+    epochs: int = 5  # with max_steps or max_tokens set, only a cap on the run's length
+    max_steps: int = 0  # 0 = off
+    max_tokens: int = 0  # 0 = off; counted as optimizer steps of tokens_per_step tokens
     warmup_ratio: float = 0.05
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
@@ -218,6 +225,7 @@ class TrainingConfig:
     precision: str = "auto"
     compile: bool = False
     # evaluation and stopping
+    eval_every_steps: int = 0  # 0 = at each epoch end
     eval_max_batches: int = 0
     early_stopping_patience: int = 0
     sample_prompt: str = ""
@@ -225,6 +233,7 @@ class TrainingConfig:
     # checkpoints
     checkpoint_every_epochs: int = 1
     checkpoint_every_minutes: float = 20.0
+    checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
     resume: str = "auto"
     # model
@@ -481,7 +490,10 @@ class TrainingConfig:
         clip = _fmt(c.max_grad_norm) if c.max_grad_norm else "off"
         reg = f"weight decay {_fmt(c.weight_decay)}, dropout {_fmt(c.dropout)}, clip {clip}"
         evals = "whole val set" if not c.eval_max_batches else f"{c.eval_max_batches} val batches"
-        stop = (f"early stop after {c.early_stopping_patience} flat epochs"
+        when = f"every {_fmt(c.eval_every_steps, ',')} steps" if c.eval_every_steps else "each epoch"
+        flat = "evaluations" if c.eval_every_steps else "epochs"
+        evals = f"{when}, {evals}"
+        stop = (f"early stop after {c.early_stopping_patience} flat {flat}"
                 if c.early_stopping_patience else "no early stop")
         d_ff = _fmt(c.effective_d_ff) if _is_int(c.d_ff) and _is_int(c.d_model) else repr(c.d_ff)
         shape = f"{c.n_layers} layers x {c.d_model} d_model, {c.n_heads} heads, d_ff {d_ff}"
@@ -509,6 +521,10 @@ class TrainingConfig:
         samples = f"{c.sample_tokens} tokens from {prompt}" if c.sample_tokens else "off"
         try:
             mode = f"{self.mode} ({c.epochs} epochs)"
+            if c.max_steps or c.max_tokens:
+                budgets = [f"{_fmt(v, ',')} {unit}" for v, unit in
+                           ((c.max_steps, "steps"), (c.max_tokens, "tokens")) if v]
+                mode = f"{self.mode} ({' or '.join(budgets)}, at most {c.epochs} epochs)"
         except TypeError:
             mode = f"? (epochs = {c.epochs!r})"
         compiled = "on" if c.compile else "off"
@@ -528,8 +544,10 @@ class TrainingConfig:
             ("Data", "source", data),
             ("Data", "tokenizer", tok),
             ("Data", "split", split),
-            ("Checkpoints", "every", f"{c.checkpoint_every_epochs} epoch(s) or "
-                                     f"{_fmt(c.checkpoint_every_minutes)} min"),
+            ("Checkpoints", "every", f"{c.checkpoint_every_epochs} epoch(s)"
+                                     + (f", {_fmt(c.checkpoint_every_steps, ',')} steps"
+                                        if c.checkpoint_every_steps else "")
+                                     + f" or {_fmt(c.checkpoint_every_minutes)} min"),
             ("Checkpoints", "keep", f"{c.keep_checkpoints} newest + best"),
             ("Checkpoints", "resume", str(c.resume)),
             ("Tracking", "W&B", wandb),

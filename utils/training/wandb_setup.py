@@ -27,13 +27,11 @@ import getpass
 import netrc
 import os
 import sys
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .network import answers
 from .workspace import in_colab, notebook_kernel
 
 if TYPE_CHECKING:
@@ -177,22 +175,7 @@ def find_api_key(interactive: bool | None = None,
 def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Does the W&B server answer an HTTP HEAD within ``timeout`` s (any status counts)? In a
     daemon thread, so a slow DNS lookup, which no socket timeout covers, cannot stretch it."""
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                                        timeout=timeout):
-                answered.append(True)
-        except urllib.error.HTTPError:
-            answered.append(True)  # an error status is still an answer
-        except (OSError, ValueError):
-            answered.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answered) and answered[0]
+    return answers(url, timeout)
 
 
 def _base_url(wandb: Any) -> str:

@@ -36,9 +36,6 @@ document is cut near the end instead), and max_samples > 0 keeps the first rows 
 from __future__ import annotations
 
 import os
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Value
 from huggingface_hub import constants as hub_constants
 
+from ..network import answers
 from ..workspace import DRIVE_MOUNT_POINT, Workspace
 from .errors import DataError
 from .progress import progress_for
@@ -205,22 +203,7 @@ def hub_reachable(url: str | None = None, timeout: float | None = None) -> bool:
     """
     url = url or HUB_PROBE_URL
     timeout = HUB_PROBE_TIMEOUT_S if timeout is None else timeout
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                                        timeout=timeout):
-                answered.append(True)
-        except urllib.error.HTTPError:
-            answered.append(True)  # an error status is still an answer
-        except (OSError, ValueError):
-            answered.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answered) and answered[0]
+    return answers(url, timeout)
 
 
 def _in_hf_cache(name: str) -> bool:
@@ -401,9 +384,13 @@ def _has_text(texts: list[str | None]) -> list[bool]:
 
 
 def _has_text_mask(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """True where a string column holds something other than nothing or whitespace."""
-    trimmed = pc.utf8_trim_whitespace(column)
-    return pc.fill_null(pc.greater(pc.utf8_length(trimmed), 0), False)
+    """True where a string column holds something other than nothing or whitespace. Chunk by
+    chunk: trimming the whole column at once copies all of its text into RAM."""
+    def mask(chunk: pa.Array) -> pa.Array:
+        trimmed = pc.utf8_trim_whitespace(chunk)
+        return pc.fill_null(pc.greater(pc.utf8_length(trimmed), 0), False)
+
+    return pa.chunked_array([mask(chunk) for chunk in column.chunks], type=pa.bool_())
 
 
 def _check_one_key(ds: Dataset, column: str, where: str, split: str) -> None:
