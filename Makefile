@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 REQS := $(VENV)/requirements-dev.txt
 
-.PHONY: test demo lint venv clean
+.PHONY: test demo lint venv clean bench
 
 venv: $(STAMP)
 
@@ -31,6 +31,22 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m utils.training demo
+
+# Every benchmark, each in its own process, in under 15 minutes on the 2-core build machine; it
+# rewrites the generated block of benchmarks/RESULTS.md. The `bench` extra (transformers,
+# accelerate) goes through constraints.txt too, and torch must still be 2.13.0 afterwards.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print('\n'.join(p['optional-dependencies']['bench']))" > $(VENV)/requirements-bench.txt
+	$(PIP) -r $(VENV)/requirements-bench.txt
+	$(PY) -c "import torch; v = torch.__version__.split('+')[0]; \
+	assert v == '2.13.0', f'the bench extra changed torch to {v}'"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	PYTHONPATH=. $(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -131,7 +131,7 @@ _spec.loader.exec_module(_install)
 _install.install_library(_home, LIBRARY_VERSION, LIBRARY_HASH, install_from=install_from,
                          git_url=git_url, git_ref=git_ref, drive_package=drive_package)
 from utils.training import (
-    DataChoice, ExperimentDB, TrainingConfig, TrainingSession, Workspace, apply_mode,
+    DataChoice, ExperimentDB, TrainingConfig, TrainingSession, Workspace, apply_budget,
     estimate_training_time, export_run, export_summary, run_search, show_recent_runs,
     show_run_comparison, show_search_results, validate_config,
 )
@@ -228,12 +228,19 @@ config = TrainingConfig(
     early_stopping_patience=early_stopping_patience, sample_prompt=sample_prompt,
 ).replace(**data.settings)
 """),
-        code("3.2 Training mode and time estimate", """
+        code("3.2 Training budget and time estimate", """
 mode = "fast"  # @param ["fast", "balanced", "quality"]
 # @markdown fast: up to 5 epochs; balanced: up to 15; quality: more. `epochs = 0` uses the mode's default.
-# @markdown The estimate times the built-in GPT at these sizes; an exported model (section 5) may differ.
 epochs = 0  # @param {type:"integer"}
-config = apply_mode(config, mode, epochs=epochs)
+# @markdown **Budget**: how long the run is. `epochs` fits a few MB of text; on a big corpus count
+# @markdown optimizer `steps` or training `tokens` (`budget_amount` of them), and `epochs` only caps the run.
+budget = "epochs"  # @param ["epochs", "steps", "tokens"]
+budget_amount = 0  # @param {type:"integer"}
+# @markdown Evaluate every N optimizer steps (and at the end); 0 = at each epoch end.
+eval_every_steps = 0  # @param {type:"integer"}
+# @markdown The estimate times the built-in GPT at these sizes; an exported model (section 5) may differ.
+config = apply_budget(config, mode, budget, budget_amount, epochs=epochs,
+                      eval_every_steps=eval_every_steps)
 estimate = estimate_training_time(config, workspace)
 """),
         code("3.3 Validated summary (saved to configs/)", """

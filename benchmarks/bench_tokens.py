@@ -1,7 +1,7 @@
 """Tokens on disk, not in RAM: memory and time of the token cache at sizes beyond a toy corpus.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_tokens.py [--text-mb 2000] [--e2e-mb 200]
-        [--tokens 1e9] [--steps 8] [--rounds 4] [--dir /tmp]
+        [--tokens 1e9] [--steps 8] [--rounds 4] [--dir /tmp] [--quick]
 
 (a) Tokenizing a generated text file (paragraphs of real Python source, read by `datasets` as
     one row per paragraph into a memory-mapped Arrow file, split 99/1 as a source without a
@@ -348,12 +348,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--dir", default="/tmp")
+    parser.add_argument("--quick", action="store_true",
+                        help="the reduced size `make bench` runs (about a minute): --text-mb 40 "
+                             "--e2e-mb 16 --tokens 1e8 --steps 8 --rounds 2")
     parser.add_argument("--child")
     parser.add_argument("--child-args", default="{}")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(PARTS[args.child](**json.loads(args.child_args))))
         return
+    if args.quick:
+        args.text_mb, args.e2e_mb, args.tokens, args.steps, args.rounds = 40, 16, 1e8, 8, 2
 
     import datasets
 

@@ -218,6 +218,23 @@ def test_real_experiment_db(tmp_path):
         assert db.get_run(run_id)["status"] == "completed"
 
 
+def test_next_token_accuracy_reaches_the_db_from_epochs_and_evaluations(tmp_path):
+    from utils.training.experiment_db import ExperimentDB
+    from utils.training.training_config import TrainingConfig
+
+    with ExperimentDB(tmp_path / "runs.db") as db:
+        run_id = db.start_run(TrainingConfig(run_name="acc"))
+        tracker = MetricsTracker(db, run_id, track_gpu=False)
+        tracker.log_eval({M.STEP: 5, M.EPOCH: 1, M.TRAIN_LOSS: 2.0, M.VAL_LOSS: 1.5,
+                          M.VAL_ACCURACY: 0.25})
+        tracker.log_epoch({M.EPOCH: 1, M.STEP: 8, M.TRAIN_LOSS: 1.9, M.VAL_LOSS: 1.4,
+                           M.VAL_ACCURACY: 0.5})
+        acc = db.get_metrics(run_id, M.VAL_ACCURACY)
+        assert acc["value"].tolist() == [0.25, 0.5] and acc["step"].tolist() == [5, 8]
+        assert tracker.get_summary()[M.VAL_ACCURACY].tolist() == [0.5]
+        assert tracker.eval_history()[M.VAL_ACCURACY].tolist() == [0.25]
+
+
 # --------------------------------------------------------------------------- epoch rows
 
 

@@ -99,6 +99,31 @@ def test_no_output_a_person_cannot_act_on(executed):
         assert noise not in text, noise
 
 
+@pytest.mark.slow
+def test_run_all_with_a_step_budget_evaluates_on_its_cadence(tmp_path, monkeypatch):
+    """Cell 3.2's budget choice end to end: 60 optimizer steps, evaluated every 20, inside an
+    epoch cap that would allow more; the database holds the validation points at 20, 40, 60."""
+    monkeypatch.setenv("TRANSFORMER_TRAINING_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    (tmp_path / "tmp").mkdir()
+    form = {**FORM, "run_name": "nb-steps", "epochs": 0, "budget": "steps", "budget_amount": 60,
+            "eval_every_steps": 20}
+    done = run_notebook(ROOT / "training.ipynb", form, output=tmp_path / "steps.ipynb",
+                        timeout=600, cwd=tmp_path)
+    text = outputs_text(nbformat.read(done, as_version=4))
+    assert "ERROR" not in text and "Traceback" not in text
+    assert "Budget: 60 steps (at most 3 epochs); evaluation every 20 steps." in text
+    assert "max_steps=60 decides the run's length" in text and "for 60 optimizer steps" in text
+    with ExperimentDB(tmp_path / "ws" / "experiments.db", verbose=False) as db:
+        runs = db.list_runs()
+        assert list(runs["name"]) == ["nb-steps"]
+        val = db.get_metrics("nb-steps", "val/loss")
+    assert list(val["step"]) == [20, 40, 60]
+    assert (tmp_path / "ws" / "results" / "nb-steps_dashboard.png").stat().st_size > 50_000
+
+
 def test_set_params_replaces_form_values_with_their_types():
     source = 'lr = 0.001  # @param {type:"number"}\nname = "a"  # @param {type:"string"}\nx = 1'
     new, used = set_params(source, {"lr": "0.5", "name": "b c"})

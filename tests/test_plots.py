@@ -730,3 +730,57 @@ def test_plotting_modules_never_import_torch():
                          cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "torch imported: False"
+
+
+def fake_evaluations(history, every=40):
+    """A step-cadence run's evaluations: val (and train since the last one) at every ``every``."""
+    steps = list(range(every, int(history[M.STEP].max()) + 1, every))
+    rows = []
+    for i, step in enumerate(steps):
+        part = history[(history[M.STEP] > step - every) & (history[M.STEP] <= step)]
+        train = float(part[M.BATCH_LOSS].mean())
+        val = 1.6 + 0.8 * math.exp(-(i + 1) / 2) + 0.01 * max(0, i - 4) ** 2
+        rows.append({M.STEP: step, M.EPOCH: int(part[M.EPOCH].iloc[-1]), M.TRAIN_LOSS: train,
+                     M.VAL_LOSS: val, M.TRAIN_PERPLEXITY: math.exp(train),
+                     M.VAL_PERPLEXITY: math.exp(val)})
+    return pd.DataFrame(rows)
+
+
+def test_a_step_cadence_dashboard_plots_every_evaluation_at_its_step(tmp_path):
+    summary, history = fake_run(epochs=2, steps_per_epoch=200)
+    summary = summary.drop(columns=[M.VAL_LOSS, M.VAL_PERPLEXITY])  # as such a run's epoch rows
+    evals = fake_evaluations(history)
+    board = TrainingDashboard(summary, history, config=CONFIG, evaluations=evals)
+    board.plot()
+    loss = board.panels["loss"]
+    val = next(line for line in loss.lines if line.get_label() == "validation")
+    assert list(val.get_xdata()) == list(evals[M.STEP]) and loss.get_xlabel() == "optimizer step"
+    assert any(line.get_label() == "train (batch, EMA 0.9)" for line in loss.lines)
+    assert board.panels["perplexity"].get_xlabel() == "optimizer step"
+    best = int(evals[M.VAL_LOSS].idxmin())
+    assert f"(step {int(evals[M.STEP][best]):,})" in board.title() and "10 evaluations" in board.title()
+    assert board.save(tmp_path / "cadence.png").stat().st_size > 50_000
+    # An epoch run is drawn as before: no evaluations, epochs on the x axis.
+    plain = TrainingDashboard(*fake_run(), config=CONFIG)
+    plain.plot()
+    assert plain.evaluations is None and plain.panels["loss"].get_xlabel() == "epoch"
+
+
+def test_the_live_plot_puts_each_evaluation_at_its_step(tmp_path):
+    _, history = fake_run(epochs=2, steps_per_epoch=200)
+    evals = fake_evaluations(history)
+    plotter = LivePlotter(run_name="cadence", live=False)
+    at = dict(zip(evals[M.STEP], evals.to_dict("records")))
+    for row in history.to_dict("records"):
+        plotter.on_step_end(None, row)
+        if row[M.STEP] in at:
+            plotter.on_evaluate(None, at[row[M.STEP]])
+    plotter.on_epoch_end(None, {M.EPOCH: 2, M.TRAIN_LOSS: 1.7})  # no val: the evaluations have it
+    loss_ax, ppl_ax = plotter.figure().axes
+    val = next(line for line in loss_ax.lines if line.get_label() == "val (every eval)")
+    assert list(val.get_xdata()) == [float(s) for s in evals[M.STEP]]
+    assert ppl_ax.get_xlabel() == "optimizer step" and "(step 400)" in loss_ax.get_title()
+    restored = LivePlotter(live=False)
+    restored.load_state_dict(plotter.state_dict())
+    assert restored.evals == plotter.evals
+    assert plotter.save(tmp_path / "live.png").stat().st_size > 20_000

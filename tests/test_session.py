@@ -270,3 +270,85 @@ def test_a_session_without_a_database_or_wandb_gets_stand_ins(tiny_config, works
     assert isinstance(s.db, NoDatabase) and s.tracker.db is s.db
     assert isinstance(s.tracker.wandb_run, DisabledRun)
     assert s.fit().status == "completed" and s.save_dashboard(show=False).is_file()
+
+
+def test_time_estimate_with_a_step_budget_counts_planned_steps_and_evaluations():
+    # 250 planned steps (a steps budget inside 3 epochs of 100), evaluated every 100 steps and
+    # at the end: 3 evaluations of 30 forward batches at 1/3 of a 1.0 s micro-batch.
+    estimate = TimeEstimate(seconds_per_step=2.0, steps_per_epoch=100, epochs=3, device="CPU",
+                            eval_batches=30, grad_accum_steps=2, planned_steps=250,
+                            budget="steps", eval_every_steps=100)
+    assert estimate.total_steps == 250 and estimate.evaluations == 3
+    assert estimate.total_seconds == pytest.approx(250 * 2.0 + 3 * 10.0)
+    text = str(estimate)
+    assert "~8m 50s for 250 optimizer steps (the steps budget; ~2.50 epochs)" in text
+    assert "3 evaluations (every 100 steps and at the end)" in text
+    assert "Other modes" not in text and "A whole epoch (100 steps) would take ~3m 30s" in text
+    # Epochs with a step cadence: 300 steps, evaluations at 80, 160, 240 and 300 (not per epoch).
+    cadence = TimeEstimate(2.0, 100, 3, "CPU", eval_batches=30, grad_accum_steps=2,
+                           eval_every_steps=80)
+    assert cadence.evaluations == 4 and cadence.total_seconds == pytest.approx(600 + 4 * 10.0)
+    # A budget that stops mid-epoch evaluates at each epoch end and at the end: 2 evaluations.
+    mid = TimeEstimate(2.0, 100, 3, "CPU", eval_batches=30, grad_accum_steps=2,
+                       planned_steps=150, budget="tokens")
+    assert mid.evaluations == 2 and mid.total_seconds == pytest.approx(300 + 2 * 10.0)
+
+
+def test_time_estimate_follows_the_step_budget(tiny_config, workspace, capsys):
+    config = tiny_config(epochs=50, max_steps=7, eval_every_steps=3)
+    estimate = estimate_training_time(config, workspace, steps=2)
+    assert (estimate.budget, estimate.total_steps, estimate.evaluations) == ("steps", 7, 3)
+    out = capsys.readouterr().out
+    assert "max_steps=7 decides the run's length" in out and "for 7 optimizer steps" in out
+
+
+def test_the_budget_choice_becomes_config_fields(capsys):
+    from utils.training.notebook import apply_budget
+    from utils.training.training_config import ConfigError, TrainingConfig
+
+    base = TrainingConfig(max_steps=9, max_tokens=5)
+    epochs = apply_budget(base, "fast", "epochs", 0, epochs=2)
+    assert (epochs.epochs, epochs.max_steps, epochs.max_tokens, epochs.eval_every_steps) == (2, 0, 0, 0)
+    assert apply_budget(base, "balanced").epochs == TrainingConfig.preset("balanced").epochs
+    assert apply_budget(base, "fast", "epochs", 4).epochs == 4  # the amount is the epochs
+    steps = apply_budget(base, "fast", "steps", 60, eval_every_steps=20)
+    assert (steps.max_steps, steps.max_tokens, steps.eval_every_steps) == (60, 0, 20)
+    assert steps.epochs == TrainingConfig.preset("fast").epochs  # the mode's epochs only cap it
+    tokens = apply_budget(base, "quality", "tokens", 10**6, epochs=1)
+    assert (tokens.max_tokens, tokens.max_steps, tokens.epochs) == (10**6, 0, 1)
+    assert "Budget: 1,000,000 tokens (at most 1 epochs)" in capsys.readouterr().out
+    for args, kwargs, message in (
+            (("fast", "steps", 0), {}, "budget_amount = 0: give the number of steps"),
+            (("fast", "hours", 3), {}, "budget = 'hours': choose one of epochs, steps, tokens"),
+            (("turbo", "steps", 3), {}, "mode = 'turbo'"),
+            (("fast", "epochs", 3), {"epochs": 4}, "give the number of epochs once"),
+            (("fast", "steps", -1), {}, "budget_amount = -1")):
+        with pytest.raises(ConfigError, match=message):
+            apply_budget(base, *args, **kwargs)
+
+
+def test_a_step_cadence_run_plots_every_evaluation_at_its_step(tiny_config, workspace, db,
+                                                              tmp_path):
+    """Live plot, dashboard and the dashboard rebuilt from the database all put the val points
+    at the optimizer steps where the evaluations ran."""
+    from utils.training.dashboard import TrainingDashboard
+    from utils.training.live_plotting import LivePlotter
+
+    plotter = LivePlotter(run_name="cadence", live=False, path=tmp_path / "live.png")
+    config = tiny_config(epochs=50, max_steps=30, eval_every_steps=10, run_name="cadence")
+    s = session(config, workspace, db, callbacks=[plotter])
+    assert s.fit().global_step == 30
+    assert [r["step"] for r in plotter.evals] == [10.0, 20.0, 30.0]
+    loss_ax = plotter.figure().axes[0]
+    val = next(line for line in loss_ax.lines if line.get_label() == "val (every eval)")
+    assert list(val.get_xdata()) == [10.0, 20.0, 30.0] and loss_ax.get_xlabel() == "optimizer step"
+    assert (tmp_path / "live.png").stat().st_size > 10_000
+    for board in (s.dashboard(), TrainingDashboard.from_db(db, "cadence")):
+        board.plot()
+        ax = board.panels["loss"]
+        val = next(line for line in ax.lines if line.get_label() == "validation")
+        assert list(val.get_xdata()) == [10.0, 20.0, 30.0] and ax.get_xlabel() == "optimizer step"
+        assert "(step " in board.title() and "3 evaluations" in board.title()
+        assert board.panels["perplexity"].get_xlabel() == "optimizer step"
+    board.save(tmp_path / "dashboard.png")
+    s.dashboard().save(tmp_path / "dashboard-tracker.png")

@@ -663,6 +663,7 @@ def test_peak_flops_table_and_unknown():
 
 def test_samples_are_printed_after_each_epoch(tiny_config, capsys):
     from utils.training.data import ByteTokenizer
+    from utils.training.training_result import say_sample
 
     config = tiny_config(vocab_size=257, synthetic_tokens=3000, epochs=1, sample_tokens=12,
                          sample_prompt="ab")
@@ -670,7 +671,7 @@ def test_samples_are_printed_after_each_epoch(tiny_config, capsys):
     trainer = prepared.trainer(progress=False)
     trainer.tokenizer = ByteTokenizer()
     rng_before = torch.get_rng_state()
-    trainer._sample()
+    say_sample(trainer)
     assert torch.equal(torch.get_rng_state(), rng_before)  # sampling leaves training's RNG alone
     assert len(trainer.samples) == 1 and trainer.samples[0].startswith("ab")
     assert "sample after epoch 0 (prompt 'ab')" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "apply_budget": ".notebook",
     "apply_mode": ".notebook",
     "build_model": ".models",
     "build_tokenizer": ".data",

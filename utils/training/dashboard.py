@@ -81,9 +81,12 @@ class TrainingDashboard:
         config: Mapping[str, Any] | None = None,
         max_grad_norm: float | None = None,
         precision: str | None = None,
+        evaluations: pd.DataFrame | None = None,
     ) -> None:
         """``precision``: what the run trained in (bf16, fp16, fp32); the config may only say
-        "auto", which names no precision."""
+        "auto", which names no precision. ``evaluations``: a step-cadence run's evaluations
+        (``eval_every_steps``; step, val loss, ...): the loss and perplexity panels then plot
+        them against the optimizer step, with the batch loss, instead of per epoch."""
         if not isinstance(summary, pd.DataFrame):
             raise PlotError(
                 f"TrainingDashboard needs the per-epoch summary as a pandas DataFrame (got "
@@ -106,6 +109,12 @@ class TrainingDashboard:
         else:
             batch_history = None
         self.batch_history = batch_history
+        self.evaluations: pd.DataFrame | None = None
+        if evaluations is not None and M.VAL_LOSS in evaluations.columns:
+            evaluations = evaluations.dropna(subset=[M.VAL_LOSS])
+            if M.STEP in evaluations.columns and not evaluations.empty:
+                evaluations = evaluations.drop_duplicates(subset=M.STEP, keep="last")
+                self.evaluations = evaluations.sort_values(M.STEP).reset_index(drop=True)
         self.config = dict(config or {})
         self.run_name = run_name or str(self.config.get("run_name", ""))
         if max_grad_norm is None:
@@ -123,6 +132,9 @@ class TrainingDashboard:
         summary, history = summary_and_history(tracker)
         if summary is None:
             raise PlotError("from_tracker() needs a tracker with get_summary(), not a batch-history frame")
+        eval_history = getattr(tracker, "eval_history", None)
+        if callable(eval_history):
+            kwargs.setdefault("evaluations", eval_history())
         return cls(summary, history, **kwargs)
 
     @classmethod
@@ -135,7 +147,13 @@ class TrainingDashboard:
         config = run.get("config") or {}
         if isinstance(config, str):
             config = json.loads(config)
-        summary, history = metrics_frames(db.get_metrics(run_id))
+        metrics = db.get_metrics(run_id)
+        summary, history = metrics_frames(metrics)
+        if config.get("eval_every_steps"):  # its val rows are evaluations at their steps
+            evals = metrics[metrics["name"].isin([M.VAL_LOSS, M.VAL_PERPLEXITY])]
+            evals = evals.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+            kwargs.setdefault("evaluations", evals.reset_index())
+            summary = summary.drop(columns=[M.VAL_LOSS, M.VAL_PERPLEXITY], errors="ignore")
         kwargs.setdefault("run_name", str(run.get("name") or ""))
         kwargs.setdefault("config", config)
         kwargs.setdefault("precision", (run.get("summary") or {}).get("precision"))
@@ -218,7 +236,13 @@ class TrainingDashboard:
             parts.append(str(precision))
         outcome = []
         val = column_values(self.summary, M.VAL_LOSS)
-        if val is not None:
+        if self.evaluations is not None:
+            evals = self.evaluations
+            best = int(np.nanargmin(evals[M.VAL_LOSS].to_numpy(dtype=float)))
+            outcome.append(f"best val loss {evals[M.VAL_LOSS].iloc[best]:.4f} "
+                           f"(step {int(evals[M.STEP].iloc[best]):,})")
+            outcome.append(f"{len(evals)} evaluation{'' if len(evals) == 1 else 's'}")
+        elif val is not None:
             best = int(np.nanargmin(val))
             outcome.append(f"best val loss {val[best]:.4f} (epoch {int(self.summary[M.EPOCH][best])})")
         outcome.append(f"{len(self.summary)} epoch{'' if len(self.summary) == 1 else 's'}")
@@ -247,6 +271,9 @@ class TrainingDashboard:
         return self.batch_history[M.STEP].to_numpy(dtype=float), values
 
     def _loss_panel(self, ax: Any) -> None:
+        if self.evaluations is not None:
+            self._loss_per_step(ax)
+            return
         ax.set_title("Loss per epoch")
         epochs = self._epochs()
         series = []
@@ -279,7 +306,77 @@ class TrainingDashboard:
             )
         ax.legend(loc="best", fontsize=9)
 
+    def _loss_per_step(self, ax: Any) -> None:
+        """A step-cadence run: batch loss (raw and smoothed) and every evaluation at its step."""
+        ax.set_title("Loss per optimizer step")
+        evals = self.evaluations
+        assert evals is not None
+        batch = self._steps(M.BATCH_LOSS)
+        series = []
+        if batch is not None:
+            steps, losses = batch
+            ax.plot(*downsample(steps, losses, 2000, keep_extremes=True), color=BLUE, alpha=0.25,
+                    lw=0.8, label="train (batch)")
+            smooth = ema(losses, 0.9)
+            ax.plot(*downsample(steps, smooth, 2000, keep_extremes=False), color=BLUE, lw=1.6,
+                    label="train (batch, EMA 0.9)")
+            series.append(smooth)
+        x = evals[M.STEP].to_numpy(dtype=float)
+        train = column_values(evals, M.TRAIN_LOSS)
+        if train is not None:
+            ax.plot(x, train, marker="o", color=GREEN, lw=1.4, ms=5, label="train (since last eval)")
+        val = evals[M.VAL_LOSS].to_numpy(dtype=float)
+        ax.plot(x, val, marker="s", color=ORANGE, lw=1.8, ms=5, label="validation")
+        series.append(val)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+        finite = np.concatenate([v[np.isfinite(v)] for v in series])
+        if len(finite) and batch is not None:  # the first steps' ln(vocab) would flatten the rest
+            later = np.concatenate([s[len(s) // 10:] for s in series])
+            later = later[np.isfinite(later)]
+            if len(later):
+                low, high = float(later.min()), float(later.max())
+                pad = 0.08 * (high - low or 1.0)
+                ax.set_ylim(low - pad, high + pad)
+        best = int(np.nanargmin(val))
+        ax.axvline(x[best], color=RED, ls="--", lw=1.2, gid="best-epoch",
+                   label=f"best evaluation (step {int(x[best]):,})")
+        right_half = x[best] > (x.min() + x.max()) / 2
+        ax.annotate(
+            f"best val {val[best]:.4f}", xy=(x[best], val[best]),
+            xytext=(-14 if right_half else 14, 30), textcoords="offset points",
+            ha="right" if right_half else "left", fontsize=9, color=RED,
+            bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": RED, "alpha": 0.9},
+            arrowprops={"arrowstyle": "->", "color": RED},
+        )
+        ax.legend(loc="best", fontsize=9)
+
+    def _perplexity_per_step(self, ax: Any) -> None:
+        ax.set_title("Perplexity per evaluation (log scale)")
+        evals = self.evaluations
+        assert evals is not None
+        x = evals[M.STEP].to_numpy(dtype=float)
+        for ppl_name, loss_name, color, marker, label in (
+            (M.TRAIN_PERPLEXITY, M.TRAIN_LOSS, GREEN, "o", "train"),
+            (M.VAL_PERPLEXITY, M.VAL_LOSS, ORANGE, "s", "validation"),
+        ):
+            values = column_values(evals, ppl_name)
+            if values is None:
+                loss = column_values(evals, loss_name)
+                values = None if loss is None else np.array([M.perplexity(v) for v in loss])
+            if values is not None:
+                ax.plot(x, values, marker=marker, color=color, label=label, lw=1.8, ms=5)
+        perplexity_axis(ax)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("perplexity (exp of loss)")
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+        ax.legend(loc="best", fontsize=9)
+
     def _perplexity_panel(self, ax: Any) -> None:
+        if self.evaluations is not None:
+            self._perplexity_per_step(ax)
+            return
         ax.set_title("Perplexity per epoch (log scale)")
         epochs = self._epochs()
         drawn = False

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from . import metric_names as M
 from .callbacks import Callback
@@ -95,6 +96,9 @@ class LivePlotter(Callback):
         self.steps: list[float] = []
         self.losses: list[float] = []
         self.epochs: list[dict[str, float]] = []  # epoch, step (or NaN) and the _EPOCH_FIELDS
+        # Step-cadence evaluations (eval_every_steps): step, epoch and the _EPOCH_FIELDS. When
+        # there are any, they are the train/val points, at their optimizer steps.
+        self.evals: list[dict[str, float]] = []
         # Last step seen in each epoch: where a summary's epoch points go on the step axis.
         self.epoch_ends: dict[float, float] = {}
         self._next_draw = -math.inf  # time.monotonic() after which a step may redraw
@@ -124,6 +128,15 @@ class LivePlotter(Callback):
         if self._drawing():
             self.redraw(layout=True)
 
+    def on_evaluate(self, trainer: Any, metrics: dict[str, float]) -> None:
+        row = {M.STEP: float(metrics.get(M.STEP, self.steps[-1] if self.steps else math.nan)),
+               M.EPOCH: float(metrics.get(M.EPOCH, math.nan))}
+        row.update({k: float(metrics.get(k, math.nan)) for k in _EPOCH_FIELDS})
+        # A re-run evaluation (resumed before it) replaces the old point, as in the tracker.
+        self.evals = [r for r in self.evals if r[M.STEP] < row[M.STEP]] + [row]
+        if self._drawing():
+            self.redraw(layout=True)
+
     def on_train_end(self, trainer: Any, result: Any) -> None:
         if self._drawing():
             self._next_layout = -math.inf  # the last picture gets a fresh layout, whatever it costs
@@ -135,6 +148,7 @@ class LivePlotter(Callback):
         # Plain lists of Python floats: checkpoints are loaded with torch.load(weights_only=True).
         return {"steps": list(self.steps), "losses": list(self.losses),
                 "epochs": [dict(row) for row in self.epochs],
+                "evals": [dict(row) for row in self.evals],
                 "epoch_ends": [[k, v] for k, v in self.epoch_ends.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -142,6 +156,7 @@ class LivePlotter(Callback):
         self.losses = [float(v) for v in state.get("losses", [])]
         self.epochs = [{k: float(v) for k, v in row.items()} for row in state.get("epochs", [])]
         self.epoch_ends = {float(k): float(v) for k, v in state.get("epoch_ends", [])}
+        self.evals = [{k: float(v) for k, v in row.items()} for row in state.get("evals", [])]
         if len(self.steps) != len(self.losses):
             raise PlotError(
                 f"LivePlotter state is inconsistent ({len(self.steps)} steps, {len(self.losses)} "
@@ -161,6 +176,9 @@ class LivePlotter(Callback):
             self._set_history(history)
         if summary is not None:
             self._set_summary(summary)
+        eval_history = getattr(source, "eval_history", None)
+        if callable(eval_history):
+            self._set_evals(eval_history())
         if force or self._fig is None:
             if self._drawing():
                 self.redraw(layout=True)
@@ -261,6 +279,14 @@ class LivePlotter(Callback):
             rows.append(row)
         self.epochs = rows
 
+    def _set_evals(self, evals: pd.DataFrame) -> None:
+        if evals.empty or M.STEP not in evals.columns:
+            self.evals = []
+            return
+        self.evals = [{k: float(r[k]) if k in evals.columns else math.nan
+                       for k in (M.STEP, M.EPOCH, *_EPOCH_FIELDS)}
+                      for _, r in evals.iterrows()]
+
     def _figure(self) -> Figure:
         if self._fig is not None:
             return self._fig
@@ -303,26 +329,38 @@ class LivePlotter(Callback):
         a["raw"].set_data(*downsample(steps, losses, self.max_points, keep_extremes=True))
         a["smooth"].set_data(*downsample(steps, smooth, self.max_points, keep_extremes=False))
 
+        # A step-cadence run's points are its evaluations, at their steps; else the epochs'.
+        points = self.evals or self.epochs
         epochs = np.array([r[M.EPOCH] for r in self.epochs], dtype=float)
-        ends = np.array([r[M.STEP] for r in self.epochs], dtype=float)
+        ends = np.array([r[M.STEP] for r in points], dtype=float)
         # Epoch points sit at the step where the epoch ended; with no step data, at the epoch.
-        x = ends if len(steps) else epochs
-        loss_ax.set_xlabel("optimizer step" if len(steps) or not len(epochs) else "epoch")
+        x = ends if len(steps) or self.evals else epochs
+        loss_ax.set_xlabel("optimizer step" if len(steps) or not len(points) or self.evals
+                           else "epoch")
+        if self.evals and a["val"].get_label() == "val (epoch)":
+            a["train"].set_label("train (since last eval)")
+            a["val"].set_label("val (every eval)")
+            loss_ax.legend(loc="upper right", fontsize=9, framealpha=0.85)
+            ppl_ax.set_xlabel("optimizer step")
+            ppl_ax.set_title("perplexity per evaluation")
+            ppl_ax.xaxis.set_major_locator(MaxNLocator(nbins="auto"))
+            ppl_ax.xaxis.set_major_formatter(ScalarFormatter())
         for key, name in (("train", M.TRAIN_LOSS), ("val", M.VAL_LOSS)):
-            a[key].set_data(*_finite(x, [r[name] for r in self.epochs]))
+            a[key].set_data(*_finite(x, [r[name] for r in points]))
+        ppl_x = ends if self.evals else epochs
         for key, name, loss_name in (("train_ppl", M.TRAIN_PERPLEXITY, M.TRAIN_LOSS),
                                      ("val_ppl", M.VAL_PERPLEXITY, M.VAL_LOSS)):
             values = [r[name] if math.isfinite(r[name]) else M.perplexity(r[loss_name])
-                      for r in self.epochs]
-            a[key].set_data(*_finite(epochs, values))
+                      for r in points]
+            a[key].set_data(*_finite(ppl_x, values))
 
         for ax in (loss_ax, ppl_ax):
             ax.set_autoscale_on(True)  # a previous set_ylim turned it off
             ax.relim()
             ax.autoscale_view()
-        if len(epochs):
+        if len(epochs) and not self.evals:
             epoch_axis(ppl_ax, epochs)
-        _clip_early_spike(loss_ax, smooth, losses, [r[M.VAL_LOSS] for r in self.epochs])
+        _clip_early_spike(loss_ax, smooth, losses, [r[M.VAL_LOSS] for r in points])
         loss_ax.set_title(self._status(smooth))
 
     def _status(self, smooth: np.ndarray) -> str:
@@ -332,7 +370,11 @@ class LivePlotter(Callback):
             finite = smooth[np.isfinite(smooth)]
             if len(finite):
                 parts.append(f"smoothed loss {finite[-1]:.4f}")
-        if self.epochs:
+        if self.evals:
+            if math.isfinite(self.evals[-1][M.VAL_LOSS]):
+                parts.append(f"val {self.evals[-1][M.VAL_LOSS]:.4f} "
+                             f"(step {int(self.evals[-1][M.STEP]):,})")
+        elif self.epochs:
             last = self.epochs[-1]
             parts.append(f"epoch {int(last[M.EPOCH])}")
             if math.isfinite(last[M.VAL_LOSS]):

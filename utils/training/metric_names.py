@@ -20,6 +20,7 @@ TRAIN_LOSS = "train/loss"
 VAL_LOSS = "val/loss"
 TRAIN_PERPLEXITY = "train/perplexity"
 VAL_PERPLEXITY = "val/perplexity"
+VAL_ACCURACY = "val/accuracy"  # next-token accuracy: the share of targets the argmax predicts
 EPOCH_DURATION = "epoch_duration"  # seconds of training in the epoch, evaluation excluded
 TOKENS_PER_SEC = "tokens_per_sec"
 MFU = "mfu"  # model FLOPs utilisation, 0..1; absent where the GPU's peak is unknown
@@ -33,6 +34,7 @@ EPOCH_COLUMNS = (
     VAL_LOSS,
     TRAIN_PERPLEXITY,
     VAL_PERPLEXITY,
+    VAL_ACCURACY,
     LEARNING_RATE,
     GRAD_NORM,
     EPOCH_DURATION,

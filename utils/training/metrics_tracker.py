@@ -244,7 +244,7 @@ class MetricsTracker(Callback):
         # A re-run evaluation (resumed from a checkpoint taken before it) replaces the old row.
         self.evaluations = [r for r in self.evaluations if r[M.STEP] < step]
         self.evaluations.append(row)
-        values = {k: row[k] for k in (M.VAL_LOSS, M.VAL_PERPLEXITY) if k in row}
+        values = {k: row[k] for k in (M.VAL_LOSS, M.VAL_PERPLEXITY, M.VAL_ACCURACY) if k in row}
         self.db.log_metrics(self._db_run_id(), values, step=step, epoch=epoch)
         self._log_wandb({**values, M.EPOCH: epoch}, step)
         return dict(row)

@@ -96,6 +96,46 @@ def apply_mode(config: TrainingConfig, mode: str, epochs: int = 0) -> TrainingCo
     return config
 
 
+BUDGETS = ("epochs", "steps", "tokens")
+
+
+def apply_budget(config: TrainingConfig, mode: str, budget: str = "epochs", amount: int = 0, *,
+                 epochs: int = 0, eval_every_steps: int = 0) -> TrainingConfig:
+    """Cell 3.2's one budget choice as config fields.
+
+    ``epochs``: ``amount`` epochs, else ``epochs``, else the mode's default; no step or token
+    budget. ``steps``/``tokens``: ``amount`` is ``max_steps``/``max_tokens`` and decides the
+    run's length; ``epochs`` (else the mode's default) only caps it, so a big corpus never has
+    to finish an epoch. ``eval_every_steps`` (0 = at each epoch end) applies to every budget."""
+    problems = []
+    if budget not in BUDGETS:
+        problems.append(f"budget = {budget!r}: choose one of {', '.join(BUDGETS)}")
+    if mode not in MODES:
+        problems.append(f"mode = {mode!r}: choose one of {', '.join(MODES)}")
+    for name, value in (("budget_amount", amount), ("epochs", epochs),
+                        ("eval_every_steps", eval_every_steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{name} = {value!r}: give a whole number >= 0")
+    if not problems and budget != "epochs" and amount == 0:
+        problems.append(f"budget_amount = 0: give the number of {budget} to train for, "
+                        "or choose budget = 'epochs'")
+    if not problems and budget == "epochs" and amount and epochs and amount != epochs:
+        problems.append(f"budget_amount = {amount} but epochs = {epochs}: with budget = 'epochs' "
+                        "give the number of epochs once (set the other to 0)")
+    if problems:
+        raise ConfigError(problems)
+    if budget == "epochs":
+        config = apply_mode(config, mode, epochs=amount or epochs)
+        return config.replace(max_steps=0, max_tokens=0, eval_every_steps=eval_every_steps)
+    cap = epochs or TrainingConfig.preset(mode).epochs
+    config = config.replace(epochs=cap, eval_every_steps=eval_every_steps,
+                            max_steps=amount if budget == "steps" else 0,
+                            max_tokens=amount if budget == "tokens" else 0)
+    when = f"every {eval_every_steps:,} steps" if eval_every_steps else "at each epoch end"
+    print(f"Budget: {amount:,} {budget} (at most {cap} epochs); evaluation {when}.")
+    return config
+
+
 # ---------------------------------------------------------------------- results cells
 
 

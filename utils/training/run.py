@@ -10,6 +10,7 @@ experiment DB row and W&B to the run that checkpoint belongs to.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -371,17 +372,24 @@ EVAL_COST_PER_BATCH = 1 / 3
 
 @dataclass
 class TimeEstimate:
-    """What ``estimate_training_time`` measured, and the arithmetic that turns it into epochs.
-    No clock is read here, so the arithmetic can be checked with made-up measurements."""
+    """What ``estimate_training_time`` measured, and the arithmetic that turns it into a run.
+    No clock is read here, so the arithmetic can be checked with made-up measurements.
+
+    With a step or token budget (``budget`` "steps"/"tokens") the run is ``planned_steps``
+    optimizer steps (``optimizer.plan_steps``), not ``epochs`` whole epochs; with
+    ``eval_every_steps`` it evaluates every that many steps and at the end, not per epoch."""
 
     seconds_per_step: float  # median of ``measured_steps`` optimizer steps
     steps_per_epoch: int
     epochs: int
     device: str
     measured_steps: int = 5
-    eval_batches: int = 0  # validation batches per epoch
+    eval_batches: int = 0  # validation batches per evaluation
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     model: str = "the model"
+    planned_steps: int = 0  # the run's optimizer steps; 0 = epochs * steps_per_epoch
+    budget: str = "epochs"  # which budget decides planned_steps: epochs, steps or tokens
+    eval_every_steps: int = 0  # 0 = evaluate at each epoch end
 
     @property
     def train_seconds_per_epoch(self) -> float:
@@ -389,6 +397,7 @@ class TimeEstimate:
 
     @property
     def eval_seconds_per_epoch(self) -> float:
+        """One evaluation: ``eval_batches`` forward passes."""
         per_batch = self.seconds_per_step / max(1, self.grad_accum_steps)
         return self.eval_batches * per_batch * EVAL_COST_PER_BATCH
 
@@ -397,31 +406,57 @@ class TimeEstimate:
         return self.train_seconds_per_epoch + self.eval_seconds_per_epoch
 
     @property
+    def total_steps(self) -> int:
+        return self.planned_steps or self.epochs * self.steps_per_epoch
+
+    @property
+    def evaluations(self) -> int:
+        """Every ``eval_every_steps`` steps and at the end; else at each (last partial) epoch end."""
+        every = self.eval_every_steps or self.steps_per_epoch
+        return math.ceil(self.total_steps / max(1, every))
+
+    @property
     def total_seconds(self) -> float:
-        return self.seconds_for(self.epochs)
+        return (self.seconds_per_step * self.total_steps
+                + self.eval_seconds_per_epoch * self.evaluations)
 
     def seconds_for(self, epochs: int) -> float:
         return self.seconds_per_epoch * epochs
 
     def __str__(self) -> str:
-        modes = ", ".join(f"{mode} ({n} epochs) ~{format_duration(self.seconds_for(n))}"
-                          for mode, n in ((m, TrainingConfig.preset(m).epochs)
-                                          for m in ("fast", "balanced", "quality")))
+        if self.budget == "epochs":
+            modes = ", ".join(f"{mode} ({n} epochs) ~{format_duration(self.seconds_for(n))}"
+                              for mode, n in ((m, TrainingConfig.preset(m).epochs)
+                                              for m in ("fast", "balanced", "quality")))
+            head = (f"Estimate: ~{format_duration(self.total_seconds)} for {self.epochs} epochs "
+                    f"(~{format_duration(self.seconds_per_epoch)} per epoch).")
+            other = f"  Other modes, same model: {modes}."
+        else:
+            head = (f"Estimate: ~{format_duration(self.total_seconds)} for {self.total_steps:,} "
+                    f"optimizer steps (the {self.budget} budget; "
+                    f"~{self.total_steps / max(1, self.steps_per_epoch):.2f} epochs).")
+            other = (f"  A whole epoch ({self.steps_per_epoch:,} steps) would take "
+                     f"~{format_duration(self.seconds_per_epoch)}.")
+        if self.eval_every_steps:
+            evals = (f"{self.evaluations:,} evaluations (every {self.eval_every_steps:,} steps "
+                     f"and at the end) of {self.eval_batches:,} validation batches "
+                     f"(~{format_duration(self.eval_seconds_per_epoch * self.evaluations)}")
+        else:
+            evals = (f"evaluation of {self.eval_batches:,} validation batches per epoch "
+                     f"(~{format_duration(self.eval_seconds_per_epoch)}")
         return "\n".join([
-            f"Estimate: ~{format_duration(self.total_seconds)} for {self.epochs} epochs "
-            f"(~{format_duration(self.seconds_per_epoch)} per epoch).",
+            head,
             f"  Measured: {self.seconds_per_step:.3f} s per optimizer step (median of "
             f"{self.measured_steps} steps after a warm-up step) of {self.model} on {self.device}, "
             "on this runtime at this moment.",
             f"  Per epoch: {self.steps_per_epoch:,} steps "
-            f"(~{format_duration(self.train_seconds_per_epoch)}) + evaluation of "
-            f"{self.eval_batches:,} validation batches (~{format_duration(self.eval_seconds_per_epoch)}, "
+            f"(~{format_duration(self.train_seconds_per_epoch)}); {evals}, "
             "counted as forward passes at a third of a training batch each).",
             "  Not counted: loading and tokenising the data, checkpoint saves, samples and "
             "torch.compile's first compilation.",
             "  A loaded or shared machine (another notebook, a busy Colab VM) trains slower than "
             "this measurement: allow more time there.",
-            f"  Other modes, same model: {modes}.",
+            other,
         ])
 
 
@@ -446,11 +481,17 @@ def estimate_training_time(
         model = f"the built-in GPT ({layers} x {config.d_model} d_model, {size} parameters)"
     else:
         model = f"the {config.model_source} model {config.model_ref!r} ({size} parameters)"
+    plan = trainer.plan  # the run's own step plan: the budget that wins, in steps
     estimate = TimeEstimate(
         seconds, trainer.steps_per_epoch, config.epochs,
         f"{trainer.device.type.upper()} ({trainer.precision.name})", measured_steps=steps,
         eval_batches=val_batches, grad_accum_steps=config.grad_accum_steps, model=model,
+        planned_steps=plan.total_steps if plan.budgeted else 0,
+        budget=plan.budget if plan.budgeted else "epochs",
+        eval_every_steps=config.eval_every_steps,
     )
+    if verbose and plan.budgeted:
+        print(plan.describe(config, trainer.steps_per_epoch))
     if verbose:
         print(estimate)
     return estimate

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import device_metrics as dm
 from . import metric_names as M
 from . import training_result as report
 from .callbacks import Callback
@@ -143,6 +144,10 @@ class Trainer:
         self._epoch_acc = dict(_EPOCH_ACC)
         self._eval_acc = dict(_EVAL_ACC)
         self._best_pending = False  # improved at an epoch's last step: _end_epoch marks it best
+        # Steps not yet read from the device, and the NaN guard's flag, which lives there.
+        self._pending: list[dm.PendingStep] = []
+        self._diverged = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._bar: tqdm = tqdm(disable=True)
         self._elapsed_before = 0.0  # training seconds from earlier processes of this run
 
         self.checkpoints = CheckpointManager(
@@ -174,7 +179,7 @@ class Trainer:
             if not self._finished_said:
                 self._say(self._finished_note())
             self._finished_said = False
-            return self._result("already_finished", started)
+            return report.result_of(self, "already_finished", started)
         self._say(
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
@@ -201,7 +206,7 @@ class Trainer:
                     break
         if self._saved_step != self.global_step:  # the last epoch's checkpoint usually is it
             self._save("final")
-        result = self._result(status, started)
+        result = report.result_of(self, status, started)
         for callback in self.callbacks:
             callback.on_train_end(self, result)
         self._say(str(result))
@@ -209,21 +214,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Token-weighted mean loss over the validation set (or its first ``eval_max_batches``)."""
+        """Token-weighted mean loss, perplexity and next-token accuracy over the validation set
+        (or its first ``eval_max_batches``), summed on the device and read once."""
         self.model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = torch.zeros((), device=self.device, dtype=torch.int64)
+        metrics = dm.ValidationMetrics(self.device)
         # Every evaluation sees the same first eval_max_batches batches (and loads no more): our
         # sampler would otherwise carry on from where the last, cut-short, evaluation stopped.
         if self._val_sampler is not None:
             self._val_sampler.set_epoch(0)
         for inputs, targets in itertools.islice(self.val_loader, self.config.eval_max_batches or None):
-            loss_sum += self._loss(inputs, targets).double()
-            tokens += (targets != IGNORE_INDEX).sum().to(self.device)
+            metrics.update(*self._forward(inputs, targets), targets, IGNORE_INDEX)
         self.model.train()
-        count = int(tokens.item())
-        loss = loss_sum.item() / count if count else math.nan
-        return {M.VAL_LOSS: loss, M.VAL_PERPLEXITY: M.perplexity(loss)}
+        return metrics.compute()
 
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: int | None = None, seed: int | None = None) -> list[int]:
@@ -247,61 +249,76 @@ class Trainer:
         groups = self._groups(iter(self.train_loader))
         self.model.train()
         self._optimizer_step(next(groups))
+        self._read_steps()
         times = []
         for group in itertools.islice(groups, n_steps):
             started = time.perf_counter()
-            self._optimizer_step(group)  # ends in a host sync, so the clock is honest
+            self._optimizer_step(group)
+            self._read_steps()  # a host sync, so the clock is honest
             times.append(time.perf_counter() - started)
         return statistics.median(times) if times else 0.0
 
     def _train_epoch(self, last_save: float) -> float:
         cfg = self.config
         batches = self._epoch_batches()
-        steps_done = self.batch_in_epoch // cfg.grad_accum_steps
-        bar = tqdm(
-            total=self.steps_per_epoch, initial=steps_done, disable=not self.progress,
+        self._bar = bar = tqdm(
+            total=self.steps_per_epoch, initial=self.batch_in_epoch // cfg.grad_accum_steps,
+            disable=not self.progress,
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True,
             leave=False,
         )
         self.model.train()
         tick = time.perf_counter()
-        for group in self._groups(batches):
-            step_metrics = self._optimizer_step(group)
-            now = time.perf_counter()
-            self._epoch_acc["seconds"] += now - tick
-            tick = now
-            for callback in self.callbacks:
-                callback.on_step_end(self, step_metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_metrics[M.BATCH_LOSS]:.4f}",
-                            lr=f"{step_metrics[M.LEARNING_RATE]:.2e}", refresh=False)
-            epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
-            improved = False
-            if self._eval_due():
-                improved = self._evaluate_on_step()
-                tick = time.perf_counter()  # evaluating is not training time
-            if self._interrupt.requested:
-                bar.close()
-                path = self._save("interrupt", best=improved)
-                saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
-                raise TrainingInterrupted(
-                    f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
-                    f"({saved}). Run it again to resume from here."
-                )
-            every = cfg.checkpoint_every_steps
-            due = (improved or (every and self.global_step % every == 0)
-                   or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60)
-            # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
-            # checkpoint from just before that row would make a resume log it a second time.
-            if self.checkpoints and due and not epoch_done:
-                self._save("step", best=improved)
-                last_save = time.monotonic()
-                tick = time.perf_counter()  # saving is not training time
-            self._best_pending |= improved and epoch_done
-            if self._budget_spent() or self._early_stopped:
-                break
+        try:
+            for group in self._groups(batches):
+                self._optimizer_step(group)
+                epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
+                eval_due = self._eval_due()
+                # Read every log_every_steps steps and before an evaluation, an epoch row or a stop.
+                read = (len(self._pending) >= cfg.log_every_steps or epoch_done or eval_due
+                        or self._interrupt.requested or self._budget_spent())
+                rows = self._read_steps() if read else []
+                self._epoch_acc["seconds"] += (now := time.perf_counter()) - tick
+                tick = now
+                self._deliver(rows)
+                bar.update(1)
+                last_save, tick, stop = self._after_step(epoch_done, eval_due, last_save, tick)
+                if stop:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: the steps taken are still logged
+            self._deliver(self._read_steps())
+            raise
+        self._deliver(self._read_steps())  # a loader shorter than its len()
         bar.close()
         return last_save
+
+    def _after_step(self, epoch_done: bool, eval_due: bool, last_save: float, tick: float
+                    ) -> tuple[float, float, bool]:
+        """Evaluate, stop on Ctrl-C, checkpoint; (last_save, tick, stop the epoch)."""
+        cfg = self.config
+        improved = False
+        if eval_due:
+            improved = self._evaluate_on_step()
+            tick = time.perf_counter()  # evaluating is not training time
+        if self._interrupt.requested:
+            self._bar.close()
+            path = self._save("interrupt", best=improved)
+            saved = f"checkpoint saved: {path}" if path else "no workspace, nothing saved"
+            raise TrainingInterrupted(
+                f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
+                f"({saved}). Run it again to resume from here."
+            )
+        every = cfg.checkpoint_every_steps
+        due = (improved or (every and self.global_step % every == 0)
+               or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60)
+        # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
+        # checkpoint from just before that row would make a resume log it a second time.
+        if self.checkpoints and due and not epoch_done:
+            self._save("step", best=improved)
+            last_save = time.monotonic()
+            tick = time.perf_counter()  # saving is not training time
+        self._best_pending |= improved and epoch_done
+        return last_save, tick, self._budget_spent() or self._early_stopped
 
     def _budget_spent(self) -> bool:  # max_steps or max_tokens is set, and its steps are done
         return self.plan.budgeted and self.global_step >= self.total_steps
@@ -369,7 +386,8 @@ class Trainer:
         if group:
             yield group
 
-    def _optimizer_step(self, group: list) -> dict[str, float]:
+    def _optimizer_step(self, group: list) -> None:
+        """One optimizer step, queued on the device: nothing here waits for it (see _read_steps)."""
         cfg = self.config
         # Weight every token equally across the group: dividing each micro-batch's *sum* by the
         # group's token count gives exactly the gradient of one big batch, even when micro-batches
@@ -380,45 +398,52 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
         for inputs, targets in group:
-            loss = self._loss(inputs, targets) / group_tokens
+            loss = self._forward(inputs, targets)[0] / group_tokens
             self.scaler.scale(loss).backward()
             loss_total += loss.detach()
+        # The NaN guard, on the device: a non-finite loss sets a flag that stays set until the
+        # host reads it (and stops), so neither this step nor a later unread one moves a weight.
+        self._diverged |= ~torch.isfinite(loss_total)
+        if self.scaler.is_enabled():  # fp16: NaN gradients send the scaler down its skip path
+            dm.poison_gradients(self.optimizer, self._diverged)
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
-        # One host-device sync per optimizer step, for the loss guard and the progress bar.
-        loss_value, norm_value = torch.stack([loss_total.float(), grad_norm.float()]).tolist()
-
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, cfg.learning_rate,
                    cfg.min_lr_ratio)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
-        if not math.isfinite(loss_value):
-            if self.precision.use_grad_scaler:
-                # Non-finite gradients: the scaler skips this update and lowers its scale.
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(report.diverged_note(loss_value, self.epoch + 1, self.global_step,
-                                                      self.precision.name, cfg.learning_rate))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        dm.guarded_step(self.optimizer, self.scaler, self._diverged | ~torch.isfinite(grad_norm))
         self.optimizer.zero_grad(set_to_none=True)
-
+        self._pending.append(dm.PendingStep(loss_total, grad_norm, self.global_step + 1,
+                                         self.epoch + 1, lr, group_tokens, self.batch_in_epoch))
         self.global_step += 1
         self.batch_in_epoch += len(group)
-        self._epoch_acc["loss_sum"] += loss_value * group_tokens
-        self._epoch_acc["tokens"] += group_tokens
-        self._epoch_acc["grad_norm"] = norm_value
-        self._eval_acc["loss_sum"] += loss_value * group_tokens
-        self._eval_acc["tokens"] += group_tokens
-        return {
-            M.STEP: self.global_step, M.EPOCH: self.epoch + 1, M.BATCH_LOSS: loss_value,
-            M.LEARNING_RATE: lr, M.GRAD_NORM: norm_value, M.TOKENS: group_tokens,
-        }
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy summed over the target tokens (ignored positions excluded)."""
+    def _read_steps(self) -> list[dict[str, float]]:
+        """The loop's host-device sync: the pending steps' rows. At a non-finite loss it raises,
+        the run set back to just before that step, whose update (and later ones) was skipped."""
+        pending, self._pending = self._pending, []
+        rows, bad = dm.read_steps(pending, self._epoch_acc, self._eval_acc)
+        if bad is not None:
+            (p, loss), _ = bad, self._diverged.zero_()  # a rerun of fit() starts clean
+            self.global_step, self.batch_in_epoch = p.step - 1, p.batch_before
+            self._deliver(rows)  # the steps before it are logged, as they always were
+            raise TrainingDivergedError(report.diverged_note(
+                loss, p.epoch, p.step - 1, self.precision.name, self.config.learning_rate))
+        return rows
+
+    def _deliver(self, rows: list[dict[str, float]]) -> None:
+        for metrics in rows:
+            for callback in self.callbacks:
+                callback.on_step_end(self, metrics)
+        if rows:
+            self._bar.set_postfix(loss=f"{rows[-1][M.BATCH_LOSS]:.4f}",
+                                  lr=f"{rows[-1][M.LEARNING_RATE]:.2e}", refresh=False)
+
+    def _forward(self, inputs: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy summed over the target tokens, ignored positions excluded; logits)."""
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         with self.precision.autocast(self.device):
@@ -428,7 +453,7 @@ class Trainer:
             logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
             ignore_index=IGNORE_INDEX, reduction="sum",
         )
-        return loss_sum
+        return loss_sum, logits
 
     # ------------------------------------------------------------------ epoch end
 
@@ -461,24 +486,11 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_epoch_end(self, metrics)
         self._say(report.epoch_line(metrics, cfg.epochs))
-        self._sample()
+        report.say_sample(self)
 
         due = self.epoch % cfg.checkpoint_every_epochs == 0 or self.epoch == cfg.epochs
         if self.checkpoints and (due or improved):
             self._save("epoch", best=improved)
-
-    def _sample(self) -> None:
-        cfg, tok = self.config, self.tokenizer
-        if tok is None or cfg.sample_tokens <= 0:
-            return
-        prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
-        if not prompt:  # start from end-of-document, as a fresh document would
-            prompt = [tok.eos_id if tok.eos_id is not None and tok.eos_id >= 0 else 0]
-        ids = self.generate(prompt, cfg.sample_tokens, seed=cfg.seed + self.epoch)
-        text = tok.decode(ids)
-        self.samples.append(text)
-        shown = "\n".join("    | " + line for line in text.splitlines() or [""])
-        self._say(f"sample after epoch {self.epoch} (prompt {cfg.sample_prompt!r}):\n{shown}")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -530,6 +542,7 @@ class Trainer:
         """Save a checkpoint; ``best``: it holds the best evaluation so far, so mark it best."""
         if self.checkpoints is None:
             return None
+        self._deliver(self._read_steps())  # first: a resume then logs the same rows
         self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
                                                      self.global_step)
         self._saved_step = self.global_step
@@ -581,19 +594,6 @@ class Trainer:
     def _trained_seconds(self) -> float:
         """Training seconds over all sessions: finished epochs plus the one in progress."""
         return self._elapsed_before + self._epoch_acc["seconds"]
-
-    def _result(self, status: str, started: float) -> TrainingResult:
-        return TrainingResult(
-            run_name=self.config.run_name, status=status, epochs_completed=self.epoch,
-            global_step=self.global_step,
-            best_val_loss=self.best_val_loss if self.history or self.evaluations else math.nan,
-            best_epoch=self.best_epoch, history=[dict(r) for r in self.history],
-            evaluations=[dict(r) for r in self.evaluations], best_step=self.best_step,
-            precision=self.precision.name, elapsed=self._trained_seconds(),
-            checkpoint_dir=self.checkpoints.directory if self.checkpoints else None,
-            last_checkpoint=self.last_checkpoint, samples=list(self.samples),
-            seconds_before=self._seconds_at_start, wall_seconds=time.monotonic() - started,
-        )
 
     def _say(self, message: str) -> None:
         if self.verbose:

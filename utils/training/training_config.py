@@ -39,7 +39,7 @@ _FALSE = {"false", "0", "no", "n", "off"}
 NOT_HYPERPARAMETERS = frozenset({
     "run_name", "resume", "use_wandb", "wandb_project", "wandb_entity", "wandb_tags",
     "wandb_notes", "checkpoint_every_epochs", "checkpoint_every_minutes", "checkpoint_every_steps",
-    "keep_checkpoints",
+    "keep_checkpoints", "log_every_steps",
     "sample_prompt", "sample_tokens",
 })
 
@@ -92,6 +92,7 @@ _RANGES: dict[str, _Range] = {
     "weight_decay": _Range(0, 1), "max_grad_norm": _Range(0, hint="0 turns clipping off"),
     "adam_beta1": _Range(0, 1, hi_open=True), "adam_beta2": _Range(0, 1, hi_open=True),
     "eval_max_batches": _Range(0, hint="0 = the whole validation set"),
+    "log_every_steps": _Range(1, hint="optimizer steps between reads of the loss (1 = every step)"),
     "early_stopping_patience": _Range(0, hint="0 = off"),
     "sample_tokens": _Range(0, hint="0 = no samples"),
     "checkpoint_every_epochs": _Range(1), "keep_checkpoints": _Range(1),
@@ -227,6 +228,8 @@ class TrainingConfig:
     # evaluation and stopping
     eval_every_steps: int = 0  # 0 = at each epoch end
     eval_max_batches: int = 0
+    # Steps between host reads of the loss (progress bar, logged rows); rows stay one per step.
+    log_every_steps: int = 10
     early_stopping_patience: int = 0
     sample_prompt: str = ""
     sample_tokens: int = 64

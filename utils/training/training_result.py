@@ -6,9 +6,10 @@ Kept apart from the loop so ``trainer.py`` stays the loop; nothing here imports 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import metric_names as M
 from .errors import PersonFacing
@@ -67,7 +68,7 @@ class TrainingResult:
 def epoch_line(m: dict[str, float], epochs: int) -> str:
     """The line printed at an epoch's end (on the step cadence its row has no val loss)."""
     mfu = f" | MFU {m[M.MFU]:.1%}" if M.MFU in m else ""
-    val = f"val {m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}) | " if M.VAL_LOSS in m else ""
+    val = f"val {m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}{_acc(m)}) | " if M.VAL_LOSS in m else ""
     return (
         f"epoch {int(m[M.EPOCH])}/{epochs} | train {m[M.TRAIN_LOSS]:.4f} | "
         f"{val}lr {m[M.LEARNING_RATE]:.2e} | "
@@ -78,7 +79,12 @@ def epoch_line(m: dict[str, float], epochs: int) -> str:
 def eval_line(m: dict[str, float], total_steps: int) -> str:
     """The line printed at a step-cadence evaluation."""
     return (f"step {int(m[M.STEP])}/{total_steps} | train {m[M.TRAIN_LOSS]:.4f} | val "
-            f"{m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}) | lr {m[M.LEARNING_RATE]:.2e}")
+            f"{m[M.VAL_LOSS]:.4f} (ppl {m[M.VAL_PERPLEXITY]:.2f}{_acc(m)}) | "
+            f"lr {m[M.LEARNING_RATE]:.2e}")
+
+
+def _acc(m: dict[str, float]) -> str:
+    return f", acc {m[M.VAL_ACCURACY]:.1%}" if M.VAL_ACCURACY in m else ""
 
 
 def early_stop_note(cfg: TrainingConfig, flat: int, best_val_loss: float, best_epoch: int,
@@ -115,3 +121,34 @@ def finished_note(cfg: TrainingConfig, epoch: int, flat: int, best_val_loss: flo
                 "to train longer, or change run_name for a new run.")
     return (f"{done}: nothing to train. Raise epochs to train longer, or change run_name "
             "for a new run.")
+
+
+def result_of(trainer: Any, status: str, started: float) -> TrainingResult:
+    """The ``TrainingResult`` of a trainer where it stands (``started``: its fit's monotonic start)."""
+    t = trainer
+    return TrainingResult(
+        run_name=t.config.run_name, status=status, epochs_completed=t.epoch,
+        global_step=t.global_step,
+        best_val_loss=t.best_val_loss if t.history or t.evaluations else math.nan,
+        best_epoch=t.best_epoch, history=[dict(r) for r in t.history],
+        evaluations=[dict(r) for r in t.evaluations], best_step=t.best_step,
+        precision=t.precision.name, elapsed=t._trained_seconds(),
+        checkpoint_dir=t.checkpoints.directory if t.checkpoints else None,
+        last_checkpoint=t.last_checkpoint, samples=list(t.samples),
+        seconds_before=t._seconds_at_start, wall_seconds=time.monotonic() - started,
+    )
+
+
+def say_sample(trainer: Any) -> None:
+    """Generate, keep and print the sample after an epoch (when a tokenizer and sample_tokens)."""
+    cfg, tok = trainer.config, trainer.tokenizer
+    if tok is None or cfg.sample_tokens <= 0:
+        return
+    prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
+    if not prompt:  # start from end-of-document, as a fresh document would
+        prompt = [tok.eos_id if tok.eos_id is not None and tok.eos_id >= 0 else 0]
+    ids = trainer.generate(prompt, cfg.sample_tokens, seed=cfg.seed + trainer.epoch)
+    text = tok.decode(ids)
+    trainer.samples.append(text)
+    shown = "\n".join("    | " + line for line in text.splitlines() or [""])
+    trainer._say(f"sample after epoch {trainer.epoch} (prompt {cfg.sample_prompt!r}):\n{shown}")
