@@ -205,13 +205,14 @@ def _kill(proc: subprocess.Popen, run_dir: Path) -> str:
 # --------------------------------------------------------------------------- the checks
 
 
-def final_weights(workspace: Path, run: str = RUN) -> dict[str, torch.Tensor]:
+def final_weights(workspace: Path, run: str = RUN,
+                  total_steps: int = TOTAL_STEPS) -> dict[str, torch.Tensor]:
     from utils.training.checkpoints import CheckpointManager
 
     found = CheckpointManager(workspace / "checkpoints" / run).latest()
     assert found is not None, f"no loadable checkpoint in {workspace}"
     path, state = found
-    assert state["progress"]["global_step"] == TOTAL_STEPS, path
+    assert state["progress"]["global_step"] == total_steps, path
     return state["model"]
 
 
@@ -239,7 +240,8 @@ def _rows_of(workspace: Path, run: str) -> list[tuple]:
     return [m[1:] for m in metrics if m[0] == named[0][0]]
 
 
-def assert_every_row_once(workspace: Path, straight: Path, run: str = RUN) -> None:
+def assert_every_row_once(workspace: Path, straight: Path, run: str = RUN,
+                          total_steps: int = TOTAL_STEPS) -> None:
     """The killed run's metric rows are the uninterrupted run's: each (name, step, epoch)
     exactly as often (once per step for step metrics, once per epoch for epoch ones), in one
     run row, with the same values wherever the value does not depend on the clock."""
@@ -253,7 +255,7 @@ def assert_every_row_once(workspace: Path, straight: Path, run: str = RUN) -> No
     assert keys == expected, (f"more than the uninterrupted run: {sorted(keys - expected)[:12]}; "
                               f"missing: {sorted(expected - keys)[:12]}")
     batch = sorted(step for name, step, _, _ in mine if name == M.BATCH_LOSS)
-    assert batch == list(range(1, TOTAL_STEPS + 1))
+    assert batch == list(range(1, total_steps + 1))
     exact = {M.BATCH_LOSS, M.GRAD_NORM, M.TOKENS, M.TRAIN_LOSS, M.VAL_LOSS}
     values = {r[:3]: r[3] for r in mine if r[0] in exact}
     assert values == {r[:3]: r[3] for r in theirs if r[0] in exact}

@@ -48,3 +48,23 @@ def test_sigkills_at_random_steps_and_mid_checkpoint_then_resume_exactly(tmp_pat
     assert [p for p in H.temp_files(ws) if "results" not in p.parts] == [], happened
     assert H.temp_files_after_a_later_start(ws) == [], happened
     assert H.stray_running_rows(ws) == [], happened
+
+
+def test_sigkill_between_two_evaluations_of_a_step_budget_resumes_exactly(tmp_path):
+    """A step budget with evaluation every 20 steps, killed between two evaluations."""
+    config = H.write_config(tmp_path, epochs=1000, max_steps=60, eval_every_steps=20)
+    straight = tmp_path / "straight"
+    H.run_to_end(config, straight)
+    ws = tmp_path / "ws"
+    run_dir = ws / "checkpoints" / H.RUN
+
+    happened = H.kill_at_step(H.start(config, ws), run_dir, 27, random.Random(7))
+    out = H.run_to_end(config, ws)
+    assert "max_steps" in out, (happened, out)
+
+    H.assert_same_weights(H.final_weights(straight, total_steps=60),
+                          H.final_weights(ws, total_steps=60))
+    H.assert_every_row_once(ws, straight, total_steps=60)  # val rows at 20, 40, 60 included
+    runs, metrics = H.metric_rows(ws)
+    assert sorted(m[2] for m in metrics if m[1] == "val/loss") == [20, 40, 60]
+    assert H.stray_running_rows(ws) == [] and len(runs) == 1, (happened, runs)

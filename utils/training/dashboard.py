@@ -294,16 +294,7 @@ class TrainingDashboard:
         if val is not None:
             best = int(np.nanargmin(val))
             best_epoch, best_loss = epochs[best], val[best]
-            ax.axvline(best_epoch, color=RED, ls="--", lw=1.2, gid="best-epoch",
-                       label=f"best epoch ({int(best_epoch)})")
-            right_half = best_epoch > (epochs.min() + epochs.max()) / 2
-            ax.annotate(
-                f"best val {best_loss:.4f}", xy=(best_epoch, best_loss),
-                xytext=(-14 if right_half else 14, 30), textcoords="offset points",
-                ha="right" if right_half else "left", fontsize=9, color=RED,
-                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": RED, "alpha": 0.9},
-                arrowprops={"arrowstyle": "->", "color": RED},
-            )
+            _mark_best(ax, epochs, best_epoch, best_loss, f"best epoch ({int(best_epoch)})")
         ax.legend(loc="best", fontsize=9)
 
     def _loss_per_step(self, ax: Any) -> None:
@@ -340,16 +331,7 @@ class TrainingDashboard:
                 pad = 0.08 * (high - low or 1.0)
                 ax.set_ylim(low - pad, high + pad)
         best = int(np.nanargmin(val))
-        ax.axvline(x[best], color=RED, ls="--", lw=1.2, gid="best-epoch",
-                   label=f"best evaluation (step {int(x[best]):,})")
-        right_half = x[best] > (x.min() + x.max()) / 2
-        ax.annotate(
-            f"best val {val[best]:.4f}", xy=(x[best], val[best]),
-            xytext=(-14 if right_half else 14, 30), textcoords="offset points",
-            ha="right" if right_half else "left", fontsize=9, color=RED,
-            bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": RED, "alpha": 0.9},
-            arrowprops={"arrowstyle": "->", "color": RED},
-        )
+        _mark_best(ax, x, x[best], val[best], f"best evaluation (step {int(x[best]):,})")
         ax.legend(loc="best", fontsize=9)
 
     def _perplexity_per_step(self, ax: Any) -> None:
@@ -588,3 +570,16 @@ def _zoom_past_first_epoch(ax: Any, epochs: np.ndarray, series: list) -> None:
                         xy=(epochs[0], top), xytext=(8, -4), textcoords="offset points",
                         fontsize=8, color=color, ha="left", va="top", zorder=6,
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.9})
+
+
+def _mark_best(ax: Any, xs: np.ndarray, x: float, loss: float, label: str) -> None:
+    """The dashed line and the boxed "best val" note, on the side of the panel with room."""
+    ax.axvline(x, color=RED, ls="--", lw=1.2, gid="best-epoch", label=label)
+    right_half = x > (xs.min() + xs.max()) / 2
+    ax.annotate(
+        f"best val {loss:.4f}", xy=(x, loss),
+        xytext=(-14 if right_half else 14, 30), textcoords="offset points",
+        ha="right" if right_half else "left", fontsize=9, color=RED,
+        bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": RED, "alpha": 0.9},
+        arrowprops={"arrowstyle": "->", "color": RED},
+    )
