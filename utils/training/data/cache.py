@@ -18,7 +18,8 @@ so its ids are exactly what was written. Anything else is refused with what to d
 The key is a readable slug plus a hash of everything that changes the ids: the source (dataset
 name and config, or the input files with their sizes and modification times), text_column,
 the tokenizer (with vocab_size for BPE and synthetic data, or the tokenizer file's hash),
-max_samples, val_fraction, seed and the synthetic settings. block_size is deliberately *not*
+max_samples, val_fraction, seed and the synthetic settings, and max_tokens for a Hub dataset
+streamed up to it (sources.streams_from_hub). block_size is deliberately *not*
 in it: blocks are index arithmetic over the stream in make_dataloaders, so trying another
 context length must not re-tokenize. The key's "format" is the version of the tokenization
 rules, not of the layout: a format-1 folder holds the same ids, so it is found and read.
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ..workspace import atomic_dir
 from .errors import DataError
+from .hub_stream import streams_from_hub
 from .progress import BAR_MIN_ROWS
 from .sources import CACHE_META, Source
 from .tokenizer import Tokenizer, load_tokenizer
@@ -118,6 +120,8 @@ def key_fields(config: Any, source: Source) -> dict[str, Any]:
         fields["tokenizer_sha256"] = _file_sha256(tokenizer)
     if source.kind == "hub":
         fields.update(dataset_name=source.where, dataset_config=source.subset)
+        if streams_from_hub(source, config):  # streamed up to the budget: it bounds the ids
+            fields["streamed_max_tokens"] = int(config.max_tokens)
     else:
         fields["where"] = source.where
         fields["files"] = [_file_stamp(f) for f in source.files]

@@ -13,7 +13,7 @@ batches the interrupted one had left.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -37,7 +37,8 @@ from .cache import (
     write_ids,
 )
 from .errors import DataError
-from .sources import is_token_cache, read_source, resolve_source
+from .hub_stream import TOKENIZER_SAMPLE_CHARS, open_hub_stream, stream_budget, streams_from_hub
+from .sources import Source, is_token_cache, read_source, resolve_source
 from .synthetic import synthetic_chain, synthetic_id_chunks
 from .tokenizer import IdentityTokenizer, Tokenizer, build_tokenizer
 
@@ -312,6 +313,8 @@ def load_token_data(config: TrainingConfig, workspace: Workspace | None = None,
         def fill(folder: Path) -> None:
             for split, (n, chunks) in synthetic_id_chunks(config).items():
                 write_ids(chunks, split_path(folder, split), dtype, n, f"Sampling {split}")
+    elif streams_from_hub(source, config):
+        tokenizer, fill = _stream_fill(config, source, tokenizer)
     else:
         texts = read_source(source, config)
         if tokenizer is None:
@@ -344,6 +347,36 @@ def load_token_data(config: TrainingConfig, workspace: Workspace | None = None,
         cache_path=folder,
         from_cache=False,
     )
+
+
+def _stream_fill(config: TrainingConfig, source: Source, tokenizer: Tokenizer | None
+                 ) -> tuple[Tokenizer, Callable[[Path], None]]:
+    """A Hub dataset too large to download whole, streamed (max_tokens > 0): the train split is
+    tokenized straight into the token file until max_tokens ids, the validation split (or, when
+    there is none, the head of the train split, which training then skips) until
+    `stream_budget`'s bound. Only the rows those ids need are read."""
+    hub = open_hub_stream(source, config)
+    n_train, n_val = stream_budget(config)
+    if tokenizer is None:  # bpe and char learn from the stream's head; the others read nothing
+        chars = min(TOKENIZER_SAMPLE_CHARS, max(4 * n_train, 1 << 20))
+        tokenizer = build_tokenizer(config, hub.rows(hub.train_split).texts(chars))
+    tok = tokenizer
+
+    def fill(folder: Path) -> None:
+        train_rows = hub.rows(hub.train_split)
+        val_rows = train_rows if hub.val_split is None else hub.rows(hub.val_split)
+        got_val = encode_split(val_rows, tok, split_path(folder, "validation"),
+                               "Streaming validation", max_ids=n_val)
+        got_train = encode_split(train_rows, tok, split_path(folder, "train"),
+                                 "Streaming train", max_ids=n_train)
+        val_from = (f"the {hub.val_split!r} split" if hub.val_split else
+                    f"the first {val_rows.pulled:,} rows of {hub.train_split!r}")
+        short = "" if got_train >= n_train else " (the split ended before max_tokens)"
+        print(f"Streamed {source.describe()} (max_tokens={n_train:,}, not downloaded whole): "
+              f"{got_train:,} train ids from {hub.train_split!r}{short}, {got_val:,} validation "
+              f"ids from {val_from}.")
+
+    return tokenizer, fill
 
 
 def _from_cache(cached: CachedTokens, settings: dict[str, Any] | None = None) -> TokenData:

@@ -5,6 +5,8 @@ Sources (config.data_source):
   is set or dataset_name is an existing path, that local file/folder/glob (as "local" reads it).
   Before going online a 3 s probe checks that the Hub answers, so no network means an error
   naming the offline alternatives within seconds, not the library's retries for minutes.
+  With max_tokens > 0 a Hub dataset is not downloaded: load_token_data streams it
+  (`hub_stream.open_hub_stream`) straight into the token file, up to max_tokens ids.
 - "drive": data_path relative to the workspace root (on Drive in Colab), absolute, or starting
   with "MyDrive/" (under the Drive mount point).
 - "upload": in Colab the upload dialog, elsewhere data_path names the file. Either way the file
@@ -36,6 +38,7 @@ document is cut near the end instead), and max_samples > 0 keeps the first rows 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +216,16 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _load_hub(name: str, subset: str, limit: int = 0) -> DatasetDict:
+    loaded = _from_hub(name, subset, lambda: _stream_head(name, subset, limit) if limit > 0
+                       else datasets.load_dataset(name, subset or None))
+    if not isinstance(loaded, DatasetDict):
+        raise DataError(f"load_dataset({name!r}) returned a {type(loaded).__name__}, not splits.")
+    return loaded
+
+
+def _from_hub(name: str, subset: str, load: Callable[[], Any]) -> Any:
+    """`load()` after the Hub probe, with the library's errors turned into ones that say what
+    to do."""
     offline = datasets.config.HF_HUB_OFFLINE
     if not offline and not hub_reachable():
         if not _in_hf_cache(name):
@@ -221,8 +234,7 @@ def _load_hub(name: str, subset: str, limit: int = 0) -> DatasetDict:
         print(f"The Hub ({HUB_PROBE_URL}) does not answer; trying the cached copy of {name!r} "
               "(the library retries for a while first; HF_HUB_OFFLINE=1 skips that).")
     try:
-        loaded = _stream_head(name, subset, limit) if limit > 0 else \
-            datasets.load_dataset(name, subset or None)
+        return load()
     except ConnectionError as e:
         mode = " (HF_HUB_OFFLINE is set)" if offline else ""
         raise DataError(f"Cannot load {name!r} from the Hugging Face Hub{mode}: {e}. "
@@ -232,9 +244,6 @@ def _load_hub(name: str, subset: str, limit: int = 0) -> DatasetDict:
                         "on huggingface.co/datasets.") from e
     except ValueError as e:  # e.g. a missing or unknown config name; the message lists them
         raise DataError(f"Cannot load {name!r} with dataset_config={subset!r}: {e}") from e
-    if not isinstance(loaded, DatasetDict):
-        raise DataError(f"load_dataset({name!r}) returned a {type(loaded).__name__}, not splits.")
-    return loaded
 
 
 def _stream_head(name: str, subset: str, limit: int) -> DatasetDict:
