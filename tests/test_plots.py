@@ -116,6 +116,19 @@ def test_dashboard_every_panel_has_data(gpu):
     assert np.allclose(ticks, np.round(ticks))
 
 
+def test_perplexity_panel_shows_next_token_accuracy_when_measured():
+    summary, history = fake_run()
+    plain = TrainingDashboard(summary, history, config=CONFIG)
+    plain.plot()
+    assert "accuracy" not in plain.panels["perplexity"].get_title()
+    summary[M.VAL_ACCURACY] = np.linspace(0.2, 0.5, len(summary))
+    dash = TrainingDashboard(summary, history, config=CONFIG)
+    fig = dash.plot()
+    assert "accuracy" in dash.panels["perplexity"].get_title()
+    twin = [ax for ax in fig.axes if ax.get_ylabel() == "next-token accuracy (%)"]
+    assert len(twin) == 1 and np.allclose(twin[0].lines[0].get_ydata(), 100 * summary[M.VAL_ACCURACY])
+
+
 def test_best_epoch_marker_and_clip_threshold():
     summary, history = fake_run(epochs=8)
     best_epoch = int(summary.loc[summary[M.VAL_LOSS].idxmin(), M.EPOCH])

@@ -353,7 +353,7 @@ class TrainingDashboard:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("perplexity (exp of loss)")
         ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
-        ax.legend(loc="best", fontsize=9)
+        _accuracy_twin(ax, x, column_values(evals, M.VAL_ACCURACY))
 
     def _perplexity_panel(self, ax: Any) -> None:
         if self.evaluations is not None:
@@ -380,7 +380,7 @@ class TrainingDashboard:
         ax.set_xlabel("epoch")
         ax.set_ylabel("perplexity (exp of loss)")
         epoch_axis(ax, epochs)
-        ax.legend(loc="best", fontsize=9)
+        _accuracy_twin(ax, epochs, column_values(self.summary, M.VAL_ACCURACY))
 
     def _lr_panel(self, ax: Any) -> None:
         ax.set_title("Learning-rate schedule")
@@ -583,3 +583,18 @@ def _mark_best(ax: Any, xs: np.ndarray, x: float, loss: float, label: str) -> No
         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": RED, "alpha": 0.9},
         arrowprops={"arrowstyle": "->", "color": RED},
     )
+
+
+def _accuracy_twin(ax: Any, x: np.ndarray, accuracy: np.ndarray | None) -> None:
+    """Next-token accuracy on the perplexity panel's right axis (older runs have none)."""
+    if accuracy is None or not np.isfinite(accuracy).any():
+        ax.legend(loc="best", fontsize=9)
+        return
+    ax.set_title(ax.get_title().replace("(log scale)", "(log scale) & accuracy"))
+    twin = ax.twinx()
+    twin.plot(x, 100 * accuracy, marker="^", color=PURPLE, ls="--", lw=1.4, ms=5,
+              label="val next-token accuracy")
+    twin.set_ylabel("next-token accuracy (%)", color=PURPLE)
+    twin.tick_params(axis="y", colors=PURPLE)
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=9)
