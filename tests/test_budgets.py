@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import Disconnect
 
 from utils.training import metric_names as M
 from utils.training.checkpoints import CheckpointManager, load_checkpoint
@@ -36,15 +37,6 @@ def assert_same_weights(a, b):
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), f"parameter {key} differs"
-
-
-class Disconnect(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if metrics[M.STEP] == self.step:
-            raise KeyboardInterrupt("simulated disconnect")
 
 
 class LearningRates(Callback):

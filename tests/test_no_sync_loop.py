@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import Disconnect
 
 from utils.training import metric_names as M
 from utils.training import trainer as trainer_module
@@ -155,15 +156,6 @@ def test_fp16_nan_mid_window_goes_down_the_scalers_skip_path(tiny_config, tmp_pa
         assert torch.equal(x, y)
 
 
-class DisconnectAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if metrics[M.STEP] == self.step:
-            raise KeyboardInterrupt("simulated disconnect")
-
-
 def test_a_resume_between_reads_logs_the_same_rows(tiny_config, workspace, tmp_path):
     """Checkpoints every 3 steps, reads every 7: the rows pending at a checkpoint are read and
     logged before it is written, so a resume from it logs exactly the uninterrupted rows."""
@@ -181,7 +173,7 @@ def test_a_resume_between_reads_logs_the_same_rows(tiny_config, workspace, tmp_p
                                                      verbose=False)
         return db, tracker, trainer
 
-    db, _, trainer = attempt([DisconnectAt(17)])
+    db, _, trainer = attempt([Disconnect(17)])
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     db.close()

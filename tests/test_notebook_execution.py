@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import outputs_text
 
 from utils.training.__main__ import parse_sets
 from utils.training.experiment_db import ExperimentDB
@@ -23,19 +24,6 @@ FORM = {
     "n_layers": 1, "n_heads": 2, "d_model": 32, "block_size": 32, "batch_size": 16,
     "synthetic_tokens": 20000, "synthetic_vocab": 32, "mode": "fast", "epochs": 2,
 }
-
-
-def outputs_text(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.output_type == "stream":
-                parts.append(out.text)
-            elif out.output_type == "error":
-                parts.append(f"ERROR {out.ename}: {out.evalue}")
-            elif "text/plain" in out.get("data", {}):
-                parts.append(out.data["text/plain"])
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import outputs_text
 
 from utils.training import install
 from utils.training.experiment_db import ExperimentDB
@@ -95,19 +96,6 @@ def failure(result: subprocess.CompletedProcess) -> str:
     return result.stderr
 
 
-def outputs_text(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.output_type == "stream":
-                parts.append(out.text)
-            elif out.output_type == "error":
-                parts.append(f"ERROR {out.ename}: {out.evalue}\n" + "\n".join(out.traceback))
-            elif "text/plain" in out.get("data", {}):
-                parts.append(out.data["text/plain"])
-    return "\n".join(parts)
-
-
 # ---------------------------------------------------------------------- the notebook alone
 
 
@@ -131,7 +119,7 @@ def test_notebook_alone_runs_all_as_in_colab(tmp_path, monkeypatch):
     executed = run_notebook(content / "training.ipynb", FORM, output=tmp_path / "executed.ipynb",
                             timeout=600, cwd=content)
     nb = nbformat.read(executed, as_version=4)
-    text = outputs_text(nb)
+    text = outputs_text(nb, tracebacks=True)
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "every code cell ran"

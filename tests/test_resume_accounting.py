@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from helpers import StopAt
 
 from utils.training import metric_names as M
 from utils.training import trainer as trainer_module
@@ -44,19 +45,6 @@ class TimedLoader:
         for batch in self.batches:
             self.clock.now += 1.0
             yield batch
-
-
-class StopAt(Callback):
-    def __init__(self, epoch=None, step=None):
-        self.epoch, self.step = epoch, step
-
-    def on_step_end(self, trainer, metrics):
-        if self.step is not None and metrics[M.STEP] == self.step:
-            raise KeyboardInterrupt("simulated disconnect")
-
-    def on_epoch_end(self, trainer, metrics):
-        if self.epoch is not None and metrics[M.EPOCH] == self.epoch:
-            trainer.should_stop = True
 
 
 class Recorder(Callback):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import Disconnect
 
 from utils.training import metric_names as M
 from utils.training import wandb_setup
@@ -17,15 +18,6 @@ from utils.training.db_frames import wide_frame
 from utils.training.experiment_db import ExperimentDB
 from utils.training.run import TimeEstimate, TrainingSession, estimate_training_time
 from utils.training.trainer import TrainingDivergedError
-
-
-class Disconnect(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, metrics):
-        if metrics[M.STEP] == self.step:
-            raise KeyboardInterrupt("simulated disconnect")
 
 
 @pytest.fixture

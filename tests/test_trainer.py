@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import StopAt
 
 from utils.training import metric_names as M
 from utils.training.checkpoints import CheckpointError, CheckpointManager, load_checkpoint
@@ -34,21 +35,6 @@ def fit(config, workspace=None, callbacks=()):
 
 def params(trainer):
     return {k: v.detach().clone() for k, v in trainer.raw_model.state_dict().items()}
-
-
-class StopAt(Callback):
-    """Simulates a disconnect: ends the run after epoch ``epoch`` or raises at step ``step``."""
-
-    def __init__(self, epoch=None, step=None):
-        self.epoch, self.step = epoch, step
-
-    def on_step_end(self, trainer, metrics):
-        if self.step is not None and metrics[M.STEP] == self.step:
-            raise KeyboardInterrupt("simulated disconnect")
-
-    def on_epoch_end(self, trainer, metrics):
-        if self.epoch is not None and metrics[M.EPOCH] == self.epoch:
-            trainer.should_stop = True
 
 
 def assert_same_run(a, b):

@@ -226,14 +226,19 @@ def _command(subparsers: Any, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
-def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
-    """``python -m utils.training train --config FILE --set KEY=VALUE ...``"""
-    p = _command(subparsers, "train", "train from a config JSON file")
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    """What every command that builds a TrainingConfig takes."""
     p.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set epochs=3")
     p.add_argument("--workspace", metavar="DIR",
                    help="workspace folder (default: Drive in Colab, else ./workspace)")
+
+
+def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
+    """``python -m utils.training train --config FILE --set KEY=VALUE ...``"""
+    p = _command(subparsers, "train", "train from a config JSON file")
+    _config_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trust", action="store_true",
                    help="allow running a Transformer Builder Gist's model.py")
@@ -253,7 +258,7 @@ def add_demo_command(subparsers: Any) -> argparse.ArgumentParser:
 def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
     """``python -m utils.training search --config FILE --trials N --timeout S ...``"""
     p = _command(subparsers, "search", "Optuna search around a config (resumable)")
-    p.add_argument("--config", metavar="FILE", help="a TrainingConfig JSON (default: defaults)")
+    _config_arguments(p)
     p.add_argument("--trials", type=int, default=10, metavar="N",
                    help="total trials the study should have (finished ones count)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -264,10 +269,6 @@ def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--trial-epochs", type=int, default=None, metavar="E",
                    help="epochs per trial (default: the config's epochs)")
     p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field (repeatable)")
-    p.add_argument("--workspace", metavar="DIR",
-                   help="workspace folder (default: Drive in Colab, else ./workspace)")
     return p
 
 
