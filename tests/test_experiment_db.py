@@ -47,8 +47,6 @@ def log_epochs(db: ExperimentDB, run_id: int, val_losses: list[float]) -> None:
 
 
 # ---------------------------------------------------------------------- runs, metrics, artifacts
-
-
 def test_run_round_trip_with_training_config(db):
     config = TrainingConfig(run_name="tiny", learning_rate=1e-3, wandb_tags=["a"])
     run_id = db.start_run(config, tags=("baseline", "cpu"), notes="first try")
@@ -58,7 +56,6 @@ def test_run_round_trip_with_training_config(db):
     assert TrainingConfig.from_dict(run["config"]) == config
     assert run["tags"] == ["baseline", "cpu"] and run["notes"] == "first try"
     assert run["status"] == "running" and run["finished_at"] is None and run["summary"] is None
-
     db.finish_run(run_id, "early_stopped", summary={"best_val_loss": 1.25, "worst": NAN})
     run = db.get_run(run_id)
     assert run["status"] == "early_stopped" and run["finished_at"] >= run["created_at"]
@@ -135,7 +132,6 @@ def test_resume_continues_the_same_row(db):
     run_id = db.start_run({"run_name": "long", "epochs": 3}, tags=["a"])
     db.log_metrics_many([(run_id, M.BATCH_LOSS, 2.0, s, None, None) for s in range(1, 31)])
     db.finish_run(run_id, "interrupted")
-
     again = db.start_run({"run_name": "long", "epochs": 6}, tags=["b"], resume=True)
     assert again == run_id and len(db.list_runs()) == 1
     run = db.get_run(run_id)
@@ -162,9 +158,33 @@ def test_resume_by_the_id_a_checkpoint_remembered(db, capsys):
     assert "is not in it" in capsys.readouterr().out
 
 
+def test_world_size_is_kept_and_updated_on_resume(db):
+    assert db.get_run(db.start_run({"run_name": "one"}))["world_size"] == 1  # unless told
+    run_id = db.start_run({"run_name": "ddp"}, world_size=8)
+    assert db.start_run({"run_name": "ddp"}, resume_run_id=run_id, world_size=np.int64(4)) == run_id
+    assert db.get_run(run_id)["world_size"] == 4 and db.list_runs()["world_size"].tolist() == [4, 1]
+    for bad in (0, 1.5, "2", None):
+        with pytest.raises(ExperimentDBError, match="world_size"):
+            db.start_run({"run_name": "x"}, world_size=bad)
+
+
+def test_staged_rows_are_committed_and_read_in_logging_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("utils.training.experiment_db.ALIVE_SECONDS", 1e9)
+    writer = ExperimentDB(tmp_path / "e.db", verbose=False)  # never closed: as if killed
+    run_id = writer.start_run({"run_name": "r"})
+    for step in (1, 2, 3):  # the first goes straight in (it marks the run alive); 2, 3 wait
+        writer.log_metrics(run_id, {M.BATCH_LOSS: float(step)}, step=step)
+    writer.log_metrics_many([(run_id, M.BATCH_LOSS, 20.0, 2, None, None)])  # settles 2, 3 first
+    writer.log_metrics(run_id, {M.BATCH_LOSS: 4.0}, step=4)
+    raw, staged = sqlite3.connect(tmp_path / "e.db"), "SELECT COUNT(*) FROM metrics_staged"
+    assert raw.execute(staged).fetchone() == (1,)  # committed: another connection sees it
+    with ExperimentDB(tmp_path / "e.db", verbose=False) as reader:  # another process
+        assert reader.get_metrics(run_id)["value"].tolist() == [1, 2, 20, 3, 4]
+    assert raw.execute(staged).fetchone() == (0,)
+    writer.close()
+
+
 # ---------------------------------------------------------------------- queries
-
-
 def test_list_runs_best_value_epochs_and_filters(db):
     a = db.start_run({"run_name": "a"}, tags=["ab"], study="s1")
     log_epochs(db, a, [2.0, 1.0, NAN, 1.5])
@@ -172,7 +192,6 @@ def test_list_runs_best_value_epochs_and_filters(db):
     b = db.start_run({"run_name": "b"}, tags=["a"], study="s1")
     log_epochs(db, b, [3.0, -INF, INF])
     c = db.start_run({"run_name": "c"}, parent_run_id=a)
-
     runs = db.list_runs()
     assert runs["id"].tolist() == [c, b, a]  # newest first
     row = runs.set_index("id").loc[a]
@@ -181,7 +200,6 @@ def test_list_runs_best_value_epochs_and_filters(db):
     assert runs.set_index("id").loc[b, "best_val_loss"] == 3.0  # NaN and +-inf never win
     assert math.isnan(runs.set_index("id").loc[c, "best_val_loss"])
     assert runs.set_index("id").loc[c, "parent_run_id"] == a
-
     assert db.list_runs(status="completed")["id"].tolist() == [a]
     assert db.list_runs(study="s1")["id"].tolist() == [b, a]
     assert db.list_runs(tag="a")["id"].tolist() == [b]  # whole tags only: "ab" is not "a"
@@ -212,7 +230,6 @@ def test_compare_runs(db):
     b = db.start_run({"run_name": "x", "learning_rate": 3e-4, "epochs": 3, "seed": 1})
     log_epochs(db, b, [2.5, 2.0])
     c = db.start_run({"run_name": "y", "learning_rate": 3e-4, "epochs": 3, "seed": 1})
-
     curves = db.compare_runs([a, b, c])
     assert list(curves.columns) == [f"x #{a}", f"x #{b}", "y"]  # shared names get their id
     assert curves.index.name == "epoch" and curves.index.tolist() == [1, 2, 3]
@@ -231,7 +248,6 @@ def test_wide_frames_have_the_tracker_frames_shapes(db):
                                 M.LEARNING_RATE: epoch * 3e-4, "gpu/utilization": 90.0},
                        step=epoch * 3, epoch=epoch)
     db.log_metrics(run_id, {M.VAL_LOSS: 0.3}, step=6, epoch=2)  # logged again after a resume
-
     epochs = wide_frame(db.get_metrics(run_id), "epoch")
     assert list(epochs.columns) == [M.EPOCH, M.TRAIN_LOSS, M.VAL_LOSS, M.LEARNING_RATE,
                                     M.GRAD_NORM, "gpu/utilization"]
@@ -247,29 +263,25 @@ def test_wide_frames_have_the_tracker_frames_shapes(db):
 
 
 # ---------------------------------------------------------------------- schema and files
-
-
 V1_SCHEMA = """
 CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
-    config_json TEXT NOT NULL DEFAULT '{}', tags TEXT NOT NULL DEFAULT '[]',
-    notes TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    finished_at REAL, summary_json TEXT);
-CREATE TABLE metrics (id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, name TEXT NOT NULL,
-    value REAL, step INTEGER, epoch INTEGER, wall_time REAL NOT NULL);
-CREATE TABLE artifacts (id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, kind TEXT NOT NULL,
-    path TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX runs_name ON runs(name);
+    config_json TEXT NOT NULL DEFAULT '{}', tags TEXT NOT NULL DEFAULT '[]', notes TEXT NOT NULL
+    DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL,
+    summary_json TEXT);
+CREATE TABLE metrics (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id) ON
+    DELETE CASCADE, name TEXT NOT NULL, value REAL, step INTEGER, epoch INTEGER, wall_time REAL
+    NOT NULL);
+CREATE TABLE artifacts (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id) ON
+    DELETE CASCADE, kind TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT
+    NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX runs_name ON runs(name); CREATE INDEX artifacts_run ON artifacts(run_id);
 CREATE INDEX metrics_run_name_step ON metrics(run_id, name, step);
 CREATE INDEX metrics_name_run_value ON metrics(name, run_id, value, epoch);
-CREATE INDEX artifacts_run ON artifacts(run_id);
 PRAGMA user_version = 1;
 INSERT INTO runs VALUES (1, 'old', 'completed', '{"run_name": "old", "epochs": 2}', '["v1"]',
     'from last year', 100.0, 150.0, 160.0, '{"best": 1.5}');
-INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) VALUES
-    (1, 'val/loss', 2.0, 10, 1, 110.0), (1, 'val/loss', 1.5, 20, 2, 120.0),
-    (1, 'val/loss', NULL, 30, 3, 130.0);
+INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) VALUES (1, 'val/loss', 2.0, 10,
+    1, 110.0), (1, 'val/loss', 1.5, 20, 2, 120.0), (1, 'val/loss', NULL, 30, 3, 130.0);
 INSERT INTO artifacts (run_id, kind, path, size, sha256, created_at)
     VALUES (1, 'checkpoint', '/x/step-20.pt', 123, 'abc', 125.0);
 """
@@ -297,6 +309,7 @@ def test_migrates_a_v1_database_without_losing_anything(tmp_path, capsys):
         assert run["config"] == {"run_name": "old", "epochs": 2} and run["summary"] == {"best": 1.5}
         assert run["study"] is None and run["parent_run_id"] is None  # the new columns
         assert run["pid"] is None and run["host"] is None
+        assert run["world_size"] == 1 and db.list_runs().loc[0, "world_size"] == 1  # v5's default
         values = db.get_metrics(1)["value"].tolist()
         assert values[:2] == [2.0, 1.5] and math.isnan(values[2])
         assert [r[0] for r in db._query("SELECT sha256 FROM artifacts WHERE run_id = 1")] == ["abc"]
@@ -381,9 +394,8 @@ def wal_pair(tmp_path: Path, rows: int, cut: bool) -> Path:
         page = struct.unpack(">I", wal[8:12])[0]
         frames = [wal[o:o + 24 + page] for o in range(32, len(wal) - page, 24 + page)]
         page_1 = [f[24:] for f in frames if struct.unpack(">I", f[:4])[0] == 1][-1]
-        main = bytearray((crashed / "experiments.db").read_bytes())
-        main[:page] = page_1
-        (crashed / "experiments.db").write_bytes(bytes(main))
+        main = crashed / "experiments.db"
+        main.write_bytes(page_1 + main.read_bytes()[page:])
     return crashed / "experiments.db"
 
 
@@ -416,7 +428,6 @@ def test_a_row_left_running_by_a_killed_process_is_interrupted_and_taken_over(db
     assert db.list_runs().loc[0, "status"] == "interrupted"
     assert db.list_runs(status="interrupted")["id"].tolist() == [run_id]
     assert db.list_runs(status="running").empty
-
     again = db.start_run({"run_name": "r", "epochs": 3}, tags=["b"])  # the restart
     assert again == run_id and "left running by a process that is gone" in capsys.readouterr().out
     runs = db.list_runs()
@@ -466,8 +477,6 @@ def test_run_statuses_are_defined_once():
 
 
 # ---------------------------------------------------------------------- concurrency
-
-
 def _writer(path: str, name: str, barrier) -> None:
     with ExperimentDB(path, verbose=False) as db:
         run_id = db.start_run({"run_name": name})
@@ -498,7 +507,8 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path):
             assert sorted(db.get_run(run_id)["tags"]) == ["b0", "b1", "b2"]
 
 
-def test_one_instance_shared_by_threads(db):
+def test_one_instance_shared_by_threads(db, monkeypatch):
+    monkeypatch.setattr("utils.training.experiment_db.STAGED_ROWS", 7)  # settles between threads
     run_id = db.start_run({"run_name": "threads"})
 
     def log(offset: int) -> None:
@@ -514,8 +524,6 @@ def test_one_instance_shared_by_threads(db):
 
 
 # ---------------------------------------------------------------------- Drive copies
-
-
 def test_drive_workspace_syncs_and_restores_on_a_fresh_vm(tmp_path, capsys):
     ws = Workspace(root=tmp_path / "drive", on_drive=True, staging=tmp_path / "local")
     with ExperimentDB.open_for_workspace(ws) as db:
@@ -529,7 +537,6 @@ def test_drive_workspace_syncs_and_restores_on_a_fresh_vm(tmp_path, capsys):
         db.finish_run(run_id)
     # close() synced the finish too; no temp files were left behind.
     assert sorted(p.name for p in ws.root.iterdir()) == ["experiments.db"]
-
     for leftover in (tmp_path / "local").iterdir():  # the VM is wiped
         leftover.unlink()
     with ExperimentDB.open_for_workspace(ws) as db:

@@ -19,7 +19,7 @@ from . import metric_names as M
 METRIC_COLUMNS = ["name", "value", "step", "epoch", "wall_time"]
 BATCH_ONLY = (M.BATCH_LOSS, M.TOKENS)  # per-step names the per-epoch view leaves out
 RUN_COLUMNS = ["id", "name", "status", "created", "finished", "updated", "tags", "study",
-               "parent_run_id", "notes", "best", "best_epoch", "epochs"]
+               "parent_run_id", "notes", "world_size", "best", "best_epoch", "epochs"]
 
 
 def best_column(metric: str) -> str:
@@ -85,7 +85,7 @@ def runs_frame(rows: Sequence[tuple], metric: str) -> pd.DataFrame:
     for col in ("best_epoch", "epochs", "parent_run_id"):
         frame[col] = maybe_int(frame[col])
     return frame[["id", "name", "status", "created", "finished", "duration_s", "epochs", best,
-                  "best_epoch", "tags", "study", "parent_run_id", "notes"]]
+                  "best_epoch", "tags", "study", "parent_run_id", "world_size", "notes"]]
 
 
 def compare_frame(rows: Sequence[tuple], kind: str) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from . import metric_names as M
 from .errors import PersonFacing
 from .workspace import pid_alive
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUSES = M.STATUSES
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # SQLite's companions of a database file: the write-ahead log holds the newest committed rows
@@ -35,7 +35,7 @@ STALE_RUN_SECONDS = 3600.0
 HOST = socket.gethostname()
 RUN_COLUMNS = ["id", "name", "status", "config_json", "tags", "notes", "created_at",
                "updated_at", "finished_at", "summary_json", "study", "parent_run_id", "pid",
-               "host"]
+               "host", "world_size"]
 
 # Version 1, exactly as it shipped. A fresh database is built as v1 plus every migration, so a
 # new file and an upgraded one are the same by construction.
@@ -97,7 +97,38 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX metrics_run_name_step",
         "CREATE INDEX metrics_run_step ON metrics(run_id, step)",
     ),
+    # How many DDP processes trained the run. And cheap per-step logging: a step's rows (one per
+    # metric name) went to as many leaves of (name, run_id, value, ...): ~17 pages a commit.
+    # log_metrics stages them in metrics_staged (no index: one page a commit); settle() moves
+    # many steps at a time, which (name, run_id, step, ...) puts side by side at the end of each
+    # name's run. A run's best value of a metric is then a scan of that run's rows of it (an
+    # epoch metric's: a few dozen) rather than a seek (benchmarks/RESULTS.md).
+    4: (
+        "ALTER TABLE runs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1",
+        "DROP INDEX metrics_name_run_value",
+        "CREATE INDEX metrics_name_run_step ON metrics(name, run_id, step, value, epoch)",
+        """CREATE TABLE metrics_staged (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value REAL,
+            step INTEGER,
+            epoch INTEGER,
+            wall_time REAL NOT NULL
+        )""",
+    ),
 }
+METRIC_FIELDS = "run_id, name, value, step, epoch, wall_time"
+_SETTLE = (f"INSERT INTO metrics ({METRIC_FIELDS}) SELECT {METRIC_FIELDS} FROM metrics_staged "
+           "ORDER BY id", "DELETE FROM metrics_staged")
+
+
+def settle(conn: sqlite3.Connection) -> None:
+    """Move the staged rows into ``metrics``, in the order they were logged, inside the caller's
+    write transaction. Every insert into ``metrics`` settles first, so every staged row was
+    logged after every row in ``metrics``: the two tables together keep the logging order."""
+    for statement in _SETTLE:
+        conn.execute(statement)
 
 
 class ExperimentDBError(PersonFacing, RuntimeError):
@@ -314,6 +345,8 @@ def dumps(obj: Any) -> str:
 def metric_value(name: Any, value: Any) -> float:
     if type(name) is not str or not name:
         raise ExperimentDBError(f"metric names must be non-empty strings, got {name!r}")
+    if type(value) is float:
+        return value
     if isinstance(value, (str, bytes)) or value is None:
         raise ExperimentDBError(
             f"metric {name!r}: {value!r} is not a number; leave a metric out when it was not "
@@ -338,6 +371,34 @@ def position(value: Any, what: str) -> int | float | None:
     except (TypeError, ValueError):
         raise ExperimentDBError(f"{what} must be a number or None, got {value!r}") from None
     return int(f) if f.is_integer() else f
+
+
+def step_rows(run_id: Any, metrics: Mapping[str, Any], step: Any, epoch: Any,
+              wall: float) -> list[tuple]:
+    """``log_metrics``' rows. A loop may log every step, so the run id, step and epoch are
+    checked once, not once per metric (benchmarks/bench_db.py)."""
+    items = iter(metrics.items())
+    first = next(items, None)
+    if first is None:
+        return []
+    run = run_id if type(run_id) is int else position(run_id, "run_id")
+    value = metric_value(*first)
+    step, epoch = position(step, "step"), position(epoch, "epoch")
+    return [(run, first[0], value, step, epoch, wall),
+            *[(run, name, metric_value(name, v), step, epoch, wall) for name, v in items]]
+
+
+def metric_row(row: Any, now: float) -> tuple:
+    """A ``(run_id, name, value, step, epoch, wall_time)`` row as stored (wall_time None: now)."""
+    try:
+        run_id, name, value, step, epoch, wall = row
+    except (TypeError, ValueError):
+        raise ExperimentDBError(
+            f"each row must be (run_id, name, value, step, epoch, wall_time), got {row!r}"
+        ) from None
+    return (run_id if type(run_id) is int else position(run_id, "run_id"), name,
+            metric_value(name, value), position(step, "step"), position(epoch, "epoch"),
+            now if wall is None else float(wall))
 
 
 def run_key(run: int | str) -> int | str:

@@ -31,6 +31,7 @@ from . import db_frames as F
 from . import metric_names as M
 from .db_schema import (
     HOST,
+    METRIC_FIELDS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
     STATUSES,
@@ -43,12 +44,14 @@ from .db_schema import (
     corrupt_error,
     dumps,
     error_hint,
-    metric_value,
+    metric_row,
     owner_gone,
     position,
     run_dict,
     run_key,
+    settle,
     shown_status,
+    step_rows,
     upgrade,
 )
 from .workspace import LiveSQLite, UnsafeNameError, Workspace, backup_sqlite, check_name
@@ -60,6 +63,9 @@ WAL_CHECKPOINT_PAGES = 10_000  # the write-ahead log grows to ~40 MB on local di
 # Logging metrics marks their run alive (updated_at) at most this often; a run on another host
 # counts as abandoned only after db_schema.STALE_RUN_SECONDS without a write.
 ALIVE_SECONDS = 1.0
+# log_metrics stages its rows (db_schema.settle); they move into metrics once this many are
+# staged, every ALIVE_SECONDS, and before anything reads metrics (benchmarks/bench_db.py).
+STAGED_ROWS = 2_000
 
 
 def _order(mode: str) -> str:
@@ -80,6 +86,7 @@ class ExperimentDB:
     One connection per instance (guarded by a lock, usable from any thread); WAL mode so
     readers never block the writer; every write is one ``BEGIN IMMEDIATE`` transaction, which
     takes the write lock up front so concurrent search workers queue instead of failing.
+    A query first settles rows that :meth:`log_metrics` staged (by any process), so it sees them.
     """
 
     def __init__(self, path: str | Path, *, sync_to: str | Path | None = None,
@@ -94,6 +101,7 @@ class ExperimentDB:
         self.journal_mode = "memory"
         self._lock = threading.RLock()
         self._touched: dict[Any, float] = {}  # run id -> when this connection last marked it alive
+        self._staged = 0  # rows this instance staged since it last settled
         memory = str(path) == ":memory:"
         if not memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,12 +205,14 @@ class ExperimentDB:
 
     def start_run(self, config: Any = None, name: str | None = None, tags: Iterable[str] = (),
                   notes: str = "", study: str | None = None, parent_run_id: int | None = None,
-                  resume: bool = False, resume_run_id: int | None = None) -> int:
+                  resume: bool = False, resume_run_id: int | None = None,
+                  world_size: int = 1) -> int:
         """Record a run (status ``running``) and return its id.
 
         A resumed run continues its own row, so a restarted Colab session extends its history:
         ``resume_run_id`` (the id a checkpoint remembered) or ``resume=True`` (the newest run
-        with this name). The config and new tags/notes are updated on the resumed row.
+        with this name). The config, ``world_size`` (DDP processes) and new tags/notes are
+        updated on the resumed row.
 
         Without either, a row of the same name (and study) left ``running`` by a process that
         is gone (killed before its first checkpoint) is taken over rather than left behind
@@ -219,16 +229,18 @@ class ExperimentDB:
         tags = [tags] if isinstance(tags, str) else list(tags)
         if any(type(t) is not str for t in tags):
             raise ExperimentDBError(f"tags must be strings, got {tags!r}")
+        size = None if isinstance(world_size, str) else position(world_size, "world_size")
+        if type(size) is not int or size < 1:
+            raise ExperimentDBError(f"world_size {world_size!r}: must be the number of processes "
+                                    f"that train the run (1 without DDP)")
         existing = self._resumable(name, resume, resume_run_id)
         if existing is None and not resume and resume_run_id is None:
             existing = self._take_over(name, study)
         if existing is not None:
             with self._write() as conn:
-                if cfg:
-                    conn.execute("UPDATE runs SET config_json = ? WHERE id = ?",
-                                 (dumps(cfg), existing))
-                if notes:
-                    conn.execute("UPDATE runs SET notes = ? WHERE id = ?", (notes, existing))
+                conn.execute("UPDATE runs SET config_json = COALESCE(?, config_json), notes = "
+                             "COALESCE(?, notes), world_size = ? WHERE id = ?",
+                             (dumps(cfg) if cfg else None, notes or None, size, existing))
             self.add_tags(existing, tags)
             return self.resume_run(existing)
         if parent_run_id is not None:
@@ -237,9 +249,9 @@ class ExperimentDB:
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (name, status, config_json, tags, notes, created_at, updated_at,"
-                " study, parent_run_id, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, M.RUNNING, dumps(cfg), dumps(list(dict.fromkeys(tags))), notes, now, now,
-                 study, parent_run_id, os.getpid(), HOST),
+                " study, parent_run_id, pid, host, world_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?)", (name, M.RUNNING, dumps(cfg), dumps(list(dict.fromkeys(tags))), notes,
+                              now, now, study, parent_run_id, os.getpid(), HOST, size),
             )
             return int(cursor.lastrowid)
 
@@ -273,11 +285,9 @@ class ExperimentDB:
             print(f"Note: run id {resume_run_id} from the checkpoint {found} ({self.path}); "
                   f"recording {name!r} as a new run.")
             return None
-        if resume:
-            rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1",
-                               (name,))
-            return rows[0][0] if rows else None
-        return None
+        rows = self._query("SELECT id FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+                           (name,)) if resume else []
+        return rows[0][0] if rows else None
 
     def resume_run(self, run: int | str, discard_after_step: int | None = None) -> int:
         """Continue the same run row: status back to ``running``; ``discard_after_step``: see
@@ -296,6 +306,7 @@ class ExperimentDB:
         from): the loop logs them again, and without this they would be in the history twice."""
         run_id = self._run_id(run_id)
         with self._write() as conn:
+            settle(conn)
             cursor = conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?",
                                   (run_id, position(step, "step")))
             return cursor.rowcount
@@ -311,6 +322,7 @@ class ExperimentDB:
         run_id = self._run_id(run_id)
         now = time.time()
         with self._write() as conn:
+            settle(conn)  # a finished run's rows are all in metrics, for any SQLite tool
             conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, updated_at = ?,"
                 " summary_json = COALESCE(?, summary_json) WHERE id = ?",
@@ -350,61 +362,53 @@ class ExperimentDB:
         """One row per metric, all in one transaction. Epoch rows go at the step where the epoch
         ended, after that epoch's batch rows (``db_frames.wide_frame`` relies on it).
 
-        A loop may call this once per step, so step, epoch and run id are checked once per
-        call rather than once per metric (benchmarks/bench_db.py)."""
+        A loop may call this once per step, so the rows are staged (``STAGED_ROWS``): committed
+        like any others, into a table that a commit costs little to grow."""
         wall = time.time() if wall_time is None else float(wall_time)
-        items = iter(metrics.items())
-        first = next(items, None)
-        if first is None:
-            return 0
-        run = run_id if type(run_id) is int else position(run_id, "run_id")
-        value = metric_value(*first)
-        step, epoch = position(step, "step"), position(epoch, "epoch")
-        data = [(run, first[0], value, step, epoch, wall)]
-        data += [(run, name, metric_value(name, value), step, epoch, wall) for name, value in items]
-        return self._insert(data, (run,), time.time())
+        data = step_rows(run_id, metrics, step, epoch, wall)
+        return self._insert(data, (data[0][0],), time.time(), stage=True) if data else 0
 
     def log_metrics_many(self, rows: Iterable[Sequence[Any]]) -> int:
         """Batched insert of ``(run_id, name, value, step, epoch, wall_time)`` rows in one
         transaction (``wall_time`` None = now); returns the number of rows written."""
         now = time.time()
-        data = []
-        for row in rows:
-            try:
-                run_id, name, value, step, epoch, wall = row
-            except (TypeError, ValueError):
-                raise ExperimentDBError(
-                    f"each row must be (run_id, name, value, step, epoch, wall_time), got {row!r}"
-                ) from None
-            data.append((
-                run_id if type(run_id) is int else position(run_id, "run_id"),
-                name, metric_value(name, value), position(step, "step"), position(epoch, "epoch"),
-                now if wall is None else float(wall),
-            ))
-        if not data:
-            return 0
-        return self._insert(data, sorted({r[0] for r in data}), now)
+        data = [metric_row(row, now) for row in rows]
+        return self._insert(data, sorted({r[0] for r in data}), now) if data else 0
 
-    def _insert(self, data: list[tuple], run_ids: Sequence[Any], now: float) -> int:
+    def _insert(self, data: list[tuple], run_ids: Sequence[Any], now: float,
+                stage: bool = False) -> int:
         """The rows, and their runs' ``updated_at`` (what says a run is alive), in one
         transaction; ``updated_at`` at most once every ``ALIVE_SECONDS``: a loop logging every
-        step would otherwise rewrite the runs table's page with every step's rows."""
+        step would otherwise rewrite the runs table's page with every step's rows. ``stage``:
+        into metrics_staged, unless it is time to settle (then everything goes into metrics)."""
         with self._lock:
             stale = [r for r in run_ids if now - self._touched.get(r, -math.inf) >= ALIVE_SECONDS]
+            stage = stage and not stale and self._staged + len(data) <= STAGED_ROWS
             with self._write() as conn:
-                conn.executemany(
-                    "INSERT INTO metrics (run_id, name, value, step, epoch, wall_time) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", data)
+                if not stage:
+                    settle(conn)
+                conn.executemany(f"INSERT INTO {'metrics_staged' if stage else 'metrics'} "
+                                 f"({METRIC_FIELDS}) VALUES (?, ?, ?, ?, ?, ?)", data)
                 if stale:
                     conn.execute(
                         f"UPDATE runs SET updated_at = ? WHERE id IN ({','.join('?' * len(stale))})",
                         (now, *stale))
             self._touched.update(dict.fromkeys(stale, now))
+            self._staged = self._staged + len(data) if stage else 0
         return len(data)
+
+    def _settle(self) -> None:
+        """Staged rows (of any process) into metrics, where the queries and indexes see them."""
+        with self._lock:
+            if self._query("SELECT EXISTS (SELECT 1 FROM metrics_staged)")[0][0]:
+                with self._write() as conn:
+                    settle(conn)
+            self._staged = 0
 
     def get_metrics(self, run_id: int | str, names: Iterable[str] | None = None) -> pd.DataFrame:
         """Long format (name, value, step, epoch, wall_time), in step order then logging order."""
         run_id = self._run_id(run_id)
+        self._settle()
         sql = "SELECT name, value, step, epoch, wall_time FROM metrics WHERE run_id = ?"
         params: list[Any] = [run_id]
         if names is not None:
@@ -441,15 +445,15 @@ class ExperimentDB:
         """One row per run, newest first, with the best ``metric`` and the last epoch.
 
         A ``running`` row whose process is gone is listed (and filtered) as ``interrupted``.
-        The per-run numbers are index seeks on ``metrics(name, run_id, value, epoch)``, so this
-        stays fast with thousands of runs and millions of metric rows.
+        The per-run numbers come from ``metrics(name, run_id, step, value, epoch)`` (each run's
+        rows of one metric), so this stays fast with thousands of runs and millions of rows.
         """
         order = _order(mode)
         best_sub = ("FROM metrics WHERE name = ? AND run_id = r.id AND value BETWEEN ? AND ? "
                     f"ORDER BY value {order}, id LIMIT 1")
         sql = (
             "SELECT r.id, r.name, r.status, r.created_at, r.finished_at, r.updated_at, r.tags, "
-            "r.study, r.parent_run_id, r.notes, "
+            "r.study, r.parent_run_id, r.notes, r.world_size, "
             f"(SELECT value {best_sub}), (SELECT epoch {best_sub}), "
             "(SELECT MAX(epoch) FROM metrics WHERE name IN (?, ?) AND run_id = r.id), "
             "r.pid, r.host FROM runs r WHERE 1 = 1"
@@ -472,6 +476,7 @@ class ExperimentDB:
             params.append(json.dumps(tag))
         sql += " ORDER BY r.id DESC LIMIT ?"
         params.append(-1 if limit is None or live else int(limit))
+        self._settle()
         rows = [(*r[:2], shown_status(r[2], r[-2], r[-1], r[5]), *r[3:-2])
                 for r in self._query(sql, params)]
         if live:
@@ -492,8 +497,9 @@ class ExperimentDB:
         if status is not None:
             sql += " AND r.status = ?"
             params.append(check_status(status))
-        rows = self._query(sql + f" ORDER BY m.value {_order(mode)}, m.run_id, m.id LIMIT 1",
-                           params)
+        sql += f" ORDER BY m.value {_order(mode)}, m.run_id, m.id LIMIT 1"
+        self._settle()
+        rows = self._query(sql, params)
         if not rows:
             return None
         *run, value, epoch, step = rows[0]
@@ -510,6 +516,7 @@ class ExperimentDB:
         keys = [run_key(r) for r in run_ids]
         if not keys:
             return F.compare_frame([], _kind(kind))
+        self._settle()
         params: list[Any] = []
         for pos, key in enumerate(keys):  # (position, id, name): a name means its newest run
             params += [pos, None, key] if isinstance(key, str) else [pos, key, None]
@@ -552,6 +559,7 @@ class ExperimentDB:
         dest = Path(dest)
         if dest.exists() and dest.resolve() == self.path.resolve():
             raise ExperimentDBError(f"{dest} is the live database itself; back up somewhere else")
+        self._settle()  # the copy's metrics table holds every row
 
         def copy_into(copy: sqlite3.Connection) -> None:
             with self._lock, self._errors():
@@ -573,6 +581,7 @@ class ExperimentDB:
             if self._conn is None:
                 return
             try:
+                self._settle()
                 self.sync()
             finally:
                 self._conn.close()
