@@ -19,7 +19,6 @@ from utils.training.data import (
     load_token_data,
     load_tokenizer,
     make_dataloaders,
-    read_local_texts,
 )
 
 
@@ -194,31 +193,6 @@ def test_byte_tokenizer_round_trips_unicode(tmp_path):
     ident = IdentityTokenizer(32)
     assert ident.decode([3, 17]) == "3 17" and ident.encode("3 17") == [3, 17]
     assert load_tokenizer(ident.save(tmp_path / "id.json")).vocab_size == 32
-
-
-def test_read_local_texts_folder_glob_file(tmp_path):
-    (tmp_path / "b.txt").write_text("second")
-    (tmp_path / "a.md").write_text("first")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "c.py").write_text("third")
-    (tmp_path / "skip.bin").write_bytes(b"\x00\x01")  # not a text suffix: ignored in a folder
-    (tmp_path / "empty.txt").write_text("  \n")
-    assert read_local_texts(str(tmp_path)) == ["first", "second", "third"]
-    assert read_local_texts(str(tmp_path), max_samples=2) == ["first", "second"]
-    assert read_local_texts(str(tmp_path / "*.txt")) == ["second"]
-    assert read_local_texts(str(tmp_path / "sub" / "c.py")) == ["third"]
-
-
-def test_read_local_texts_errors_name_the_problem(tmp_path):
-    bad = tmp_path / "data.txt"
-    bad.write_bytes(b"text\x00\x01binary")
-    with pytest.raises(DataError, match="data.txt"):
-        read_local_texts(str(tmp_path))
-    bad.write_bytes(b"\xff\xfe latin-1 \xe9")
-    with pytest.raises(DataError, match="not UTF-8"):
-        read_local_texts(str(bad))
-    with pytest.raises(DataError, match="nothing_here"):
-        read_local_texts(str(tmp_path / "nothing_here" / "*.txt"))
 
 
 def test_local_token_data_puts_eos_between_documents(tmp_path):

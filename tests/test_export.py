@@ -26,7 +26,6 @@ from utils.training.export import (
     export_archive,
     export_bundle,
     export_summary,
-    generate_text,
     human_size,
     load_bundle,
 )
@@ -104,8 +103,6 @@ def test_bundle_holds_best_weights_once_and_loads(trained):
     expected = load_checkpoint(best)["model"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
-    text = generate_text(model, tokenizer, prompt="1 2", max_new_tokens=12, seed=1)
-    assert text.startswith("1 2 ") and text == generate_text(model, tokenizer, "1 2", 12, seed=1)
 
 
 def test_bundle_readme_snippet_runs_without_this_library(trained, tmp_path):
@@ -126,14 +123,6 @@ def test_archive_holds_what_the_summary_says(trained):
     assert {"tiny/bundle/model.safetensors", "tiny/bundle/README.md", "tiny/tiny_dashboard.png",
             "tiny/tiny_metrics.csv", "tiny/tiny_batches.csv", "tiny/tiny.json"} <= set(members)
     assert not any("tiny_lr" in name for name in members)  # another run's files stay out
-
-    summary = export_summary(workspace, "tiny").set_index("kind")
-    shipped = summary.loc[["bundles", "configs", "results"]]
-    assert shipped["files"].sum() == len(members)
-    assert shipped["bytes"].sum() == sum(members.values())
-    assert summary.loc["archives", "files"] == 1
-    assert summary.loc["archives", "bytes"] == archive.stat().st_size
-    assert summary.loc["checkpoints", "files"] >= 2  # step + best, not shipped in the archive
 
 
 def test_workspace_summary_groups_files_and_skips_temp_files(trained):
@@ -284,7 +273,6 @@ def test_exported_model_bundle_ships_its_code(tmp_path, capsys):
     model, tokenizer, loaded = load_bundle(bundle, trust=True)
     assert digest in capsys.readouterr().out  # shown before it ran
     assert loaded.model_source == "folder"
-    assert len(generate_text(model, tokenizer, max_new_tokens=8)) > 0
     readme = (bundle / "README.md").read_text()
     assert "model_source/" in readme and digest in readme
 

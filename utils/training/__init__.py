@@ -35,7 +35,6 @@ _WHERE = {
     "ExportedModel": ".models",
     "ExportError": ".export",
     "generate": ".models",
-    "generate_text": ".export",
     "GPT": ".models",
     "GPTConfig": ".models",
     "init_wandb": ".wandb_setup",

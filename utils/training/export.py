@@ -33,7 +33,7 @@ from .data.tokenizer import save_tokenizer
 from .errors import PersonFacing
 from .experiment_db import ExperimentDB, ExperimentDBError, RunNotFoundError
 from .metrics_tracker import NoDatabase
-from .models import ModelLoadError, build_model, generate, load_exported_model, parse_source
+from .models import ModelLoadError, build_model, load_exported_model, parse_source
 from .models.export_source import default_cache_dir, file_hashes, read_config
 from .models.gpt import gpt_config
 from .models.hf_gpt2 import (
@@ -50,7 +50,6 @@ from .training_config import TrainingConfig
 from .workspace import (
     ARCHIVES,
     BUNDLES,
-    RESULT_SUFFIXES,
     Workspace,
     atomic_dir,
     in_colab,
@@ -59,7 +58,7 @@ from .workspace import (
 
 __all__ = [
     "ExportError", "download", "export_archive", "export_bundle", "export_summary",
-    "generate_text", "human_size", "load_bundle",
+    "human_size", "load_bundle",
 ]
 
 MODEL_SOURCE_DIR = "model_source"  # an exported model's own model.py + config.json
@@ -98,16 +97,6 @@ def _kind(rel: Path) -> str:
     return "other"
 
 
-def _of_run(rel: Path, run: str) -> bool:
-    parts = rel.parts
-    return ((parts[0] == "checkpoints" and len(parts) > 2 and parts[1] == run)
-            or (parts[0] == "configs" and rel.name == f"{run}.json")
-            or (parts[:2] == ("results", BUNDLES) and len(parts) > 3 and parts[2] == run)
-            or (parts[:2] == ("results", ARCHIVES) and rel.name == f"{run}.zip")
-            or (parts[0] == "results" and len(parts) == 2
-                and rel.name in {run + RESULT_SUFFIXES[kind] for kind in ARCHIVED_RESULTS}))
-
-
 def _files(root: Path) -> list[Path]:
     """Every finished file under ``root``, skipping half-written ones (temp names)."""
     found = []
@@ -117,18 +106,12 @@ def _files(root: Path) -> list[Path]:
     return found
 
 
-def export_summary(workspace: Workspace, run_name: str | None = None) -> pd.DataFrame:
-    """The workspace's files by kind (count, size, folder), plus a total row.
-
-    With ``run_name``, only that run's files: what :func:`export_archive` can take home.
-    """
+def export_summary(workspace: Workspace) -> pd.DataFrame:
+    """The workspace's files by kind (count, size, folder), plus a total row."""
     root = Path(workspace.root)
     counts = {k: [0, 0] for k in KINDS}
     for path in _files(root):
-        rel = path.relative_to(root)
-        if run_name is not None and not _of_run(rel, run_name):
-            continue
-        entry = counts[_kind(rel)]
+        entry = counts[_kind(path.relative_to(root))]
         entry[0] += 1
         entry[1] += path.stat().st_size
     where = {"checkpoints": workspace.checkpoints, "configs": workspace.configs,
@@ -400,23 +383,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", *,
         raise ExportError(f"The weights in {folder / WEIGHTS} do not fit the model its "
                           f"config.json describes ({detail}); export the bundle again.") from exc
     return model.to(device).eval(), tokenizer, config
-
-
-@torch.no_grad()
-def generate_text(model: nn.Module, tokenizer: Any, prompt: str = "", max_new_tokens: int = 100,
-                  temperature: float = 0.8, top_k: int | None = None, seed: int = 0) -> str:
-    """The prompt and a sampled continuation; seeded, so the same call gives the same text."""
-    ids = tokenizer.encode(prompt) if prompt else []
-    keep = 0  # decode the prompt with the continuation: tokenizers join tokens their own way
-    if not ids:  # an empty prompt starts from end-of-document, as a fresh document would
-        eos = getattr(tokenizer, "eos_id", None)
-        ids, keep = [eos if isinstance(eos, int) and eos >= 0 else 0], 1
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                   generator=generator)
-    return tokenizer.decode(out[0, keep:].tolist())
 
 
 # --------------------------------------------------------------------------- archive

@@ -24,37 +24,31 @@ from . import metric_names as M
 GIB = 2**30  # nvidia-smi and Colab's resource panel count in MiB/GiB; so do we
 
 _nvml: Any = None  # the initialised pynvml module
-_nvml_error: str | None = None  # why NVML is unavailable, once we know
+_nvml_failed = False  # NVML was tried and is unavailable: do not try again every epoch
 
 
 def reset_nvml() -> None:
     """Forget the cached NVML state, so the next reading imports and initialises pynvml again."""
-    global _nvml, _nvml_error
-    _nvml, _nvml_error = None, None
+    global _nvml, _nvml_failed
+    _nvml, _nvml_failed = None, False
 
 
 def _load_nvml() -> Any | None:
-    global _nvml, _nvml_error
-    if _nvml is not None or _nvml_error is not None:
+    global _nvml, _nvml_failed
+    if _nvml is not None or _nvml_failed:
         return _nvml
     try:
         import pynvml
-    except ImportError as exc:
-        _nvml_error = f"pynvml is not installed ({exc}); pip install nvidia-ml-py"
+    except ImportError:
+        _nvml_failed = True
         return None
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        _nvml_error = f"NVML is unavailable ({exc}): no NVIDIA GPU or driver"
+    except pynvml.NVMLError:  # no NVIDIA GPU or driver
+        _nvml_failed = True
         return None
     _nvml = pynvml
     return _nvml
-
-
-def nvml_unavailable_reason() -> str | None:
-    """None when NVML works; otherwise one line saying why GPU readings are missing."""
-    _load_nvml()
-    return _nvml_error
 
 
 def _handle(nvml: Any, device_index: int) -> Any:

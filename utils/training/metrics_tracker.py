@@ -115,8 +115,6 @@ class MetricsTracker(Callback):
         wandb_run: Any = None,
         track_gpu: bool = True,
         flush_every: int = 200,
-        *,
-        device_index: int | None = None,
     ) -> None:
         if not isinstance(flush_every, int) or flush_every < 1:
             raise TrackingError(f"flush_every={flush_every!r}: must be a whole number >= 1 "
@@ -125,7 +123,7 @@ class MetricsTracker(Callback):
         self.run_id = run_id
         self.track_gpu = track_gpu
         self.flush_every = flush_every
-        self.device_index = device_index
+        self.device_index: int | None = None  # the trainer's GPU, learnt in on_train_start
 
         self.epochs: list[dict[str, float]] = []
         self.evaluations: list[dict[str, float]] = []  # eval_every_steps' rows, by step
@@ -369,22 +367,21 @@ class MetricsTracker(Callback):
         pick = min if mode == "min" else max
         return dict(pick(rows, key=lambda r: r[metric]))
 
-    def to_csv(self, path: str | Path, staging: str | Path | None = None) -> Path:
+    def to_csv(self, path: str | Path) -> Path:
         """The epoch summary as CSV, written atomically (a crash never leaves half a file)."""
         frame = self.get_summary()
-        return atomic_write(Path(path), lambda tmp: frame.to_csv(tmp, index=False), staging)
+        return atomic_write(Path(path), lambda tmp: frame.to_csv(tmp, index=False))
 
-    def save_csv(self, results_dir: str | Path, run_name: str,
-                 staging: str | Path | None = None) -> Path:
+    def save_csv(self, results_dir: str | Path, run_name: str) -> Path:
         """``<results_dir>/<run_name>_metrics.csv`` (returned) and ``<run_name>_batches.csv``
         (the names ``Workspace.result`` gives them); a run name that would leave
         ``results_dir`` is refused (UnsafeNameError, a ValueError)."""
         results = Path(results_dir)
         name = check_name(run_name)
-        path = self.to_csv(results / f"{name}{RESULT_SUFFIXES['metrics']}", staging)
+        path = self.to_csv(results / f"{name}{RESULT_SUFFIXES['metrics']}")
         batches = self.batch_history()
         atomic_write(results / f"{name}{RESULT_SUFFIXES['batches']}",
-                     lambda tmp: batches.to_csv(tmp, index=False), staging)
+                     lambda tmp: batches.to_csv(tmp, index=False))
         return path
 
     @property

@@ -53,26 +53,18 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
 class DisabledRun:
-    """The stand-in for a W&B run when tracking is off: same surface, does nothing."""
+    """The stand-in for a W&B run when tracking is off: what the tracker uses, doing nothing."""
 
     id: str | None = None
-    name: str | None = None
-    offline = False
-    disabled = True
     step = 0
 
     def __init__(self) -> None:
         self.summary: dict[str, Any] = {}
-        self.config: dict[str, Any] = {}
 
-    def log(self, data: dict[str, Any], step: int | None = None,
-            commit: bool | None = None) -> None:
+    def log(self, data: dict[str, Any], step: int | None = None) -> None:
         pass
 
-    def define_metric(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
+    def finish(self, exit_code: int | None = None) -> None:
         pass
 
     def __repr__(self) -> str:
@@ -204,7 +196,7 @@ def _start_offline(wandb: Any, kwargs: dict[str, Any], reason: str, timeout: flo
     global _we_set_offline
     # The environment, not just mode=: at exit wandb posts telemetry unless WANDB_MODE says
     # offline (FACTS.md), and that post would hang or fail without a network.
-    if os.environ.get("WANDB_MODE", "").strip().lower() not in ("offline", "dryrun"):
+    if _env_mode() not in ("offline", "dryrun"):
         os.environ["WANDB_MODE"] = "offline"
         _we_set_offline = True
     try:
@@ -219,13 +211,25 @@ def _start_offline(wandb: Any, kwargs: dict[str, Any], reason: str, timeout: flo
     return run
 
 
+def _env_mode() -> str:
+    return os.environ.get("WANDB_MODE", "").strip().lower()
+
+
+def _offline_by_env() -> bool:
+    """WANDB_MODE=offline set by the user (not by an earlier run of ours that went offline)."""
+    return _env_mode() in ("offline", "dryrun") and not _we_set_offline
+
+
 def _wandb_module() -> Any:
-    """The wandb package, or None (and a note saying so) when it is not installed."""
+    """The wandb package, or None (and a note saying why) when it is missing or disabled."""
     try:
         import wandb
     except ImportError:
         _say("use_wandb is on but the wandb package is missing (pip install wandb); training goes "
              "on without W&B.")
+        return None
+    if _env_mode() == "disabled":
+        _say("WANDB_MODE=disabled is set in the environment; training goes on without W&B.")
         return None
     return wandb
 
@@ -246,14 +250,10 @@ def setup_wandb(
     wandb = _wandb_module()
     if wandb is None:
         return "off"
-    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env_mode == "disabled":
-        _say("WANDB_MODE=disabled is set in the environment; training goes on without W&B.")
-        return "off"
     folder = Path(workspace.root if workspace is not None else Path.cwd()) / "wandb"
     later = (f"Runs are saved under {folder}; upload one later with: wandb login && wandb sync "
              "<its folder> (printed when training starts).")
-    if env_mode in ("offline", "dryrun") and not _we_set_offline:
+    if _offline_by_env():
         _say(f"runs will log offline: WANDB_MODE=offline is set in the environment. {later}")
         return "offline"
     url = _base_url(wandb)
@@ -296,10 +296,6 @@ def init_wandb(
     wandb = _wandb_module()
     if wandb is None:
         return DisabledRun()
-    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env_mode == "disabled":
-        _say("WANDB_MODE=disabled is set in the environment; training goes on without W&B.")
-        return DisabledRun()
 
     folder = Path(directory if directory is not None else Path.cwd()).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -323,7 +319,7 @@ def init_wandb(
     if resume_id:
         kwargs.update(id=resume_id, resume="allow")
 
-    if env_mode in ("offline", "dryrun") and not _we_set_offline:
+    if _offline_by_env():
         return _start_offline(wandb, kwargs, "WANDB_MODE=offline is set in the environment",
                               init_timeout)
     url = _base_url(wandb)

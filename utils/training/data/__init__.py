@@ -13,7 +13,6 @@ from .loaders import (
 )
 from .sources import Source, hub_reachable, is_token_cache, load_text_data, resolve_source
 from .synthetic import MarkovChain, synthetic_text_data
-from .text import read_local_texts
 from .tokenizer import (
     ByteTokenizer,
     CharTokenizer,
@@ -48,7 +47,6 @@ __all__ = [
     "load_tokenizer",
     "make_dataloaders",
     "read_cache",
-    "read_local_texts",
     "resolve_source",
     "synthetic_text_data",
     "tokenizer_from_dict",

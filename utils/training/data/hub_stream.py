@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
-from datasets import Value
 
 from .errors import DataError
 from .sources import (
-    TEXT_COLUMN_FIELD,
     VALIDATION_SPLITS,
     Source,
     _from_hub,
+    not_a_column,
+    pick_text_column,
+    string_features,
 )
 
 # With max_tokens > 0 a Hub dataset is streamed into the token file, never downloaded whole:
@@ -50,25 +51,23 @@ class TextStream:
 
     One stream is one pass: a second `.iter` goes on where the first stopped, so validation can
     take the head of a split and training the rest. `pulled` counts the rows read from the
-    source; rows whose text is empty are skipped (and counted in `skipped`).
+    source; rows whose text is empty are skipped.
     """
 
     def __init__(self, rows: Iterator[dict[str, Any]], column: str, limit: int = 0) -> None:
         self._rows = itertools.islice(rows, limit) if limit > 0 else rows
-        self.column, self.pulled, self.skipped = column, 0, 0
+        self.column, self.pulled = column, 0
 
     def iter(self, batch_size: int) -> Iterator[dict[str, list[str]]]:
         batch: list[str] = []
         for row in self._rows:
             self.pulled += 1
             text = row.get(self.column)
-            if not isinstance(text, str) or not text.strip():
-                self.skipped += 1
-                continue
-            batch.append(text)
-            if len(batch) >= batch_size:
-                yield {"text": batch}
-                batch = []
+            if isinstance(text, str) and text.strip():
+                batch.append(text)
+                if len(batch) >= batch_size:
+                    yield {"text": batch}
+                    batch = []
         if batch:
             yield {"text": batch}
 
@@ -124,28 +123,15 @@ def _stream_column(split: Any, wanted: str, where: str) -> str:
     the dataset has them, else from its first row (one row read)."""
     features = getattr(split, "features", None)
     if features:
-        columns = list(features)
-        strings = [c for c, f in features.items()
-                   if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+        columns, strings = list(features), string_features(features)
     else:
         first = next(iter(split), None)
         if first is None:
             raise DataError(f"The train split of {where} is empty.")
         columns = list(first)
         strings = [c for c, v in first.items() if isinstance(v, str)]
-    if wanted:
-        if wanted not in columns:
-            raise DataError(f"text_column={wanted!r} is not a column of {where}; its columns are "
-                            f"{columns}. Set {TEXT_COLUMN_FIELD} to one of them.")
-        return wanted
-    if "text" in strings:
-        return "text"
-    if len(strings) == 1:
-        return strings[0]
-    if not strings:
-        raise DataError(f"{where} has no text column (columns: {columns}); give a dataset with "
-                        "a string column to train on.")
-    raise DataError(f"{where} has several text columns {strings}; set {TEXT_COLUMN_FIELD} to the "
-                    "one to train on.")
+    if wanted and wanted not in columns:
+        raise not_a_column(wanted, columns, where)
+    return wanted or pick_text_column(strings, columns, where)
 
 

@@ -9,11 +9,7 @@ Sources (config.data_source):
   (`hub_stream.open_hub_stream`) straight into the token file, up to max_tokens ids.
 - "drive": data_path relative to the workspace root (on Drive in Colab), absolute, or starting
   with "MyDrive/" (under the Drive mount point).
-- "upload": in Colab the upload dialog, elsewhere data_path names the file. Either way the file
-  is kept in `<workspace>/datasets/uploads/` (several files chosen at once: in one folder there),
-  and a re-run with data_path empty reuses the newest upload instead of asking again (a
-  disconnect must not cost another upload); `find_upload(..., ask_again=True)` asks anyway.
-  uploads.py keeps those files.
+- "upload": the file(s) uploads.py keeps in `<workspace>/datasets/uploads/`.
 - "local": a file, folder or glob on this machine. A folder written by `load_token_data`
   (it holds meta.json) is the "cached local" source: its tokens are used as they are.
 - "synthetic": the Markov chain of synthetic.py, as rows of space-separated token ids.
@@ -23,22 +19,17 @@ How files become rows, the same for every source that reads files:
 - a folder written by `save_to_disk`: its splits as saved;
 - any other file (.txt, .md, .py, ...): one document per file, whole. Not one row per line: an
   end-of-document token after every line would teach the model that lines are unrelated, and
-  a file's newlines would be lost. A folder is searched for .txt/.md/.py/.rst and the
-  structured suffixes above; files of both kinds in one folder is an error (use a glob).
+  a file's newlines would be lost. Files of both kinds in one folder is an error (use a glob).
 
-Then, whatever the source: the text column of a table is chosen (config.text_column, else
-"text", else the only string column; plain text files and synthetic rows ignore text_column,
-which a notebook form may still hold from another source). Rows that keep their text under
-different keys (`{"text": ...}` in some JSON lines, `{"body": ...}` in others) are refused, not
-half dropped; rows whose text is empty are dropped, and the count is printed. A "validation" split is taken from "validation",
-"valid", "val", "dev" or "test", or split off with a seeded `train_test_split` (a single
-document is cut near the end instead), and max_samples > 0 keeps the first rows of each split.
+Then, whatever the source: the text column of a table is chosen (plain text files and synthetic
+rows ignore text_column, which a notebook form may still hold from another source), rows
+whose text is empty are dropped, and a validation split is found or split off.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,9 +323,27 @@ TEXT_COLUMN_FIELD = ("text_column (in the notebook: the field under data_source 
                      "applies to every source)")
 
 
-def _string_columns(ds: Dataset) -> list[str]:
-    return [name for name, f in ds.features.items()
+def string_features(features: Mapping[str, Any]) -> list[str]:
+    return [name for name, f in features.items()
             if isinstance(f, Value) and f.dtype in ("string", "large_string")]
+
+
+def not_a_column(wanted: str, columns: list[str], where: str) -> DataError:
+    return DataError(f"text_column={wanted!r} is not a column of {where}; its columns are "
+                     f"{columns}. Set {TEXT_COLUMN_FIELD} to one of them.")
+
+
+def pick_text_column(strings: list[str], columns: list[str], where: str) -> str:
+    """"text", else the only string column; several or none is an error naming them."""
+    if "text" in strings:
+        return "text"
+    if len(strings) == 1:
+        return strings[0]
+    if not strings:
+        raise DataError(f"{where} has no text column (columns: {columns}); give a dataset with "
+                        "a string column to train on.")
+    raise DataError(f"{where} has several text columns {strings}; set {TEXT_COLUMN_FIELD} to the "
+                    "one to train on.")
 
 
 def _empty_columns(ds: Dataset) -> list[str]:
@@ -354,12 +363,11 @@ def _empty_columns(ds: Dataset) -> list[str]:
 
 def choose_text_column(ds: Dataset, wanted: str, where: str) -> str:
     """config.text_column when set; else "text"; else the only string column; else an error."""
-    strings = _string_columns(ds)
+    strings = string_features(ds.features)
     empty = _empty_columns(ds)
     if wanted:
         if wanted not in ds.column_names:
-            raise DataError(f"text_column={wanted!r} is not a column of {where}; its columns are "
-                            f"{ds.column_names}. Set {TEXT_COLUMN_FIELD} to one of them.")
+            raise not_a_column(wanted, ds.column_names, where)
         if wanted in empty:
             raise DataError(f"Column {wanted!r} of {where} is empty in every row; set "
                             f"{TEXT_COLUMN_FIELD} to a column with text "
@@ -369,23 +377,15 @@ def choose_text_column(ds: Dataset, wanted: str, where: str) -> str:
                             f"text columns: {strings or 'none'}.")
         return wanted
     usable = [c for c in strings if c not in empty]
-    if "text" in usable:
-        return "text"
-    if len(usable) == 1:
-        if "text" in ds.column_names:
-            print(f"Column 'text' of {where} is empty in every row; using {usable[0]!r}, its only "
-                  "column with text.")
-        return usable[0]
-    if not usable:
-        if empty:
-            which = f"column {empty[0]!r}" if len(empty) == 1 else f"columns {empty}"
-            raise DataError(f"{where} has no text to train on: every row of {which} is empty "
-                            f"(columns: {ds.column_names}). Check that it is the file you meant, "
-                            f"or set {TEXT_COLUMN_FIELD} to a column that holds text.")
-        raise DataError(f"{where} has no text column (columns: {ds.column_names}); give a "
-                        "dataset with a string column to train on.")
-    raise DataError(f"{where} has several text columns {usable}; set {TEXT_COLUMN_FIELD} to the "
-                    "one to train on.")
+    if not usable and empty:
+        which = f"column {empty[0]!r}" if len(empty) == 1 else f"columns {empty}"
+        raise DataError(f"{where} has no text to train on: every row of {which} is empty "
+                        f"(columns: {ds.column_names}). Check that it is the file you meant, "
+                        f"or set {TEXT_COLUMN_FIELD} to a column that holds text.")
+    if len(usable) == 1 and usable[0] != "text" and "text" in ds.column_names:
+        print(f"Column 'text' of {where} is empty in every row; using {usable[0]!r}, its only "
+              "column with text.")
+    return pick_text_column(usable, ds.column_names, where)
 
 
 def _has_text(texts: list[str | None]) -> list[bool]:
@@ -414,7 +414,7 @@ def _check_one_key(ds: Dataset, column: str, where: str, split: str) -> None:
     if not missing:
         return
     others = {}
-    for name in _string_columns(ds):
+    for name in string_features(ds.features):
         if name == column:
             continue
         other = _has_text_mask(ds.data.column(name))

@@ -55,23 +55,15 @@ def _copy_generator(rng: np.random.Generator) -> np.random.Generator:
 class MarkovChain:
     """A random order-k Markov chain over `vocab_size` tokens.
 
-    Each context (the last `order` tokens) gets `support` random successor tokens with
-    probabilities from a Dirichlet(concentration): few likely successors make it learnable and
-    an entropy rate of about 1.2-1.5 nats for vocab 32-64. `smoothing` mixes in that much of the
-    uniform distribution so the chain is irreducible and aperiodic: the stationary distribution
-    is unique and one long sample shows the entropy rate (a purely sparse chain can split into
+    Each context (the last `order` tokens) gets `support` (at most 8) random successor tokens
+    with probabilities from a Dirichlet(0.3): few likely successors make it learnable and an
+    entropy rate of about 1.2-1.5 nats for vocab 32-64. `smoothing` mixes in 1% of the uniform
+    distribution so the chain is irreducible and aperiodic: the stationary distribution is
+    unique and one long sample shows the entropy rate (a purely sparse chain can split into
     closed pieces and a sample would get stuck in one of them).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        order: int = 1,
-        seed: int = 0,
-        concentration: float = 0.3,
-        support: int | None = None,
-        smoothing: float = 0.01,
-    ) -> None:
+    def __init__(self, vocab_size: int, order: int = 1, seed: int = 0) -> None:
         if vocab_size < 2 or order < 1:
             raise DataError(
                 f"MarkovChain needs vocab_size >= 2 and order >= 1, got "
@@ -83,17 +75,14 @@ class MarkovChain:
                 f"A Markov chain of order {order} over {vocab_size} tokens has {n_ctx:,} contexts, "
                 f"more than the {MAX_CONTEXTS:,} supported; lower synthetic_order or vocab_size."
             )
-        if not 0.0 <= smoothing < 1.0 or concentration <= 0:
-            raise DataError("MarkovChain needs 0 <= smoothing < 1 and concentration > 0.")
         self.vocab_size, self.order, self.seed = vocab_size, order, seed
-        self.smoothing = smoothing
+        self.smoothing = 0.01
         self.n_contexts = n_ctx
-        s = min(vocab_size, 8) if support is None else max(1, min(int(support), vocab_size))
-        self.support = s
+        s = self.support = min(vocab_size, 8)
 
         rng = np.random.default_rng(seed)
         tokens = _distinct_tokens(rng, n_ctx, s, vocab_size)
-        probs = rng.dirichlet(np.full(s, concentration), size=n_ctx)
+        probs = rng.dirichlet(np.full(s, 0.3), size=n_ctx)
         probs = np.nan_to_num(probs)  # tiny concentrations can underflow a whole row to 0/0
         dead = probs.sum(axis=1) <= 0
         probs[dead, 0] = 1.0
@@ -258,6 +247,16 @@ def synthetic_chain(config: Any) -> MarkovChain:
     return _chain(int(config.vocab_size), int(config.synthetic_order), int(config.seed))
 
 
+def _splits(config: Any) -> tuple[MarkovChain, tuple[int, int], tuple[int, int]]:
+    """The chain, (train, validation) sizes and (train, validation) seeds: one plan shared by the
+    text rows and the ids, so both give the same tokens."""
+    chain = synthetic_chain(config)
+    total = int(config.synthetic_tokens)
+    n_val = int(round(total * float(config.val_fraction)))
+    seeds = np.random.SeedSequence(int(config.seed)).generate_state(2).tolist()
+    return chain, (total - n_val, n_val), (seeds[0], seeds[1])
+
+
 def synthetic_text_data(config: Any) -> DatasetDict:
     """Train/validation token streams from one chain, as rows of space-separated ids.
 
@@ -265,10 +264,7 @@ def synthetic_text_data(config: Any) -> DatasetDict:
     they share no tokens. IdentityTokenizer turns the rows back into the same ids, and since it
     has no EOS the concatenated rows are exactly the sampled streams.
     """
-    chain = synthetic_chain(config)
-    total = int(config.synthetic_tokens)
-    n_val = int(round(total * float(config.val_fraction)))
-    train_seed, val_seed = np.random.SeedSequence(int(config.seed)).generate_state(2).tolist()
+    chain, (n_train, n_val), (train_seed, val_seed) = _splits(config)
 
     def rows(ids: np.ndarray) -> Dataset:
         text = [" ".join(map(str, ids[i : i + ROW_TOKENS].tolist()))
@@ -276,7 +272,7 @@ def synthetic_text_data(config: Any) -> DatasetDict:
         return Dataset.from_dict({"text": text})
 
     return DatasetDict(
-        train=rows(chain.sample(total - n_val, seed=train_seed)),
+        train=rows(chain.sample(n_train, seed=train_seed)),
         validation=rows(chain.sample(n_val, seed=val_seed)),
     )
 
@@ -288,10 +284,7 @@ def synthetic_id_chunks(config: Any) -> dict[str, tuple[int, Iterator[np.ndarray
     What load_token_data writes to the token file: the same ids as tokenizing the text rows,
     without ever holding a whole stream (or its text) in memory.
     """
-    chain = synthetic_chain(config)
-    total = int(config.synthetic_tokens)
-    n_val = int(round(total * float(config.val_fraction)))
-    train_seed, val_seed = np.random.SeedSequence(int(config.seed)).generate_state(2).tolist()
+    chain, (n_train, n_val), (train_seed, val_seed) = _splits(config)
     # max_samples keeps the first rows of each split, and a row is ROW_TOKENS ids.
     rows = int(config.max_samples or 0)
 
@@ -308,6 +301,5 @@ def synthetic_id_chunks(config: Any) -> dict[str, tuple[int, Iterator[np.ndarray
             yield chunk[:left]
             left -= min(left, len(chunk))
 
-    n_train = total - n_val
     return {"train": (kept(n_train), stream(n_train, train_seed)),
             "validation": (kept(n_val), stream(n_val, val_seed))}

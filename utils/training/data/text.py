@@ -63,18 +63,12 @@ def read_text(path: Path) -> str:
     return text.removeprefix("\ufeff")  # a BOM is an encoding marker, not content
 
 
-def read_text_files(files: Sequence[Path], where: str, max_samples: int = 0) -> list[str]:
+def read_text_files(files: Sequence[Path], where: str) -> list[str]:
     """One document per file, in the given order; empty or whitespace-only files are skipped.
 
     `where` is what the user asked for (a path or glob), for the error when nothing is left.
     """
-    texts: list[str] = []
-    for f in files:
-        text = read_text(f)
-        if text.strip():
-            texts.append(text)
-            if 0 < max_samples <= len(texts):
-                break
+    texts = [text for text in map(read_text, files) if text.strip()]
     if not texts:
         what = "no files" if not files else f"{len(files)} file(s), all empty"
         if len(files) == 1:
@@ -85,12 +79,3 @@ def read_text_files(files: Sequence[Path], where: str, max_samples: int = 0) -> 
             "check the path exists and holds non-empty UTF-8 text."
         )
     return texts
-
-
-def read_local_texts(path_or_glob: str, max_samples: int = 0) -> list[str]:
-    """Documents (one per file) in sorted path order; max_samples > 0 keeps the first that many."""
-    if not str(path_or_glob).strip():
-        # Path("") is the current folder: refuse rather than silently train on whatever is there.
-        raise DataError("data_path is empty; set it to a text file, a folder or a glob.")
-    files = find_files(str(path_or_glob))
-    return read_text_files(files, str(path_or_glob), max_samples)

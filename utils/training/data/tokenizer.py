@@ -114,7 +114,17 @@ def _byte_symbols() -> list[str]:
     return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
 
 
-class ByteTokenizer:
+class _Base:
+    """What the tokenizers here share: one text at a time by default, saved as tokenizer.json."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return save_tokenizer(self, path)
+
+
+class ByteTokenizer(_Base):
     """UTF-8 bytes 0..255 plus EOS = 256: any text, no training, exact round trip."""
 
     vocab_size = 257
@@ -146,14 +156,11 @@ class ByteTokenizer:
                                           decoders.ByteLevel()])
         return core
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return save_tokenizer(self, path)
-
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=257)"
 
 
-class CharTokenizer:
+class CharTokenizer(_Base):
     """One id per character seen in the training text, plus EOS (id 0) and UNK (id 1).
 
     For tiny experiments: the vocabulary is small and readable. Characters that were not in the
@@ -182,9 +189,6 @@ class CharTokenizer:
         get, unk = self._ids.get, self.unk_id
         return [get(c, unk) for c in text]
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
     def decode(self, ids: Sequence[int]) -> str:
         # EOS reads as a line break, like ByteTokenizer; UNK and out-of-range ids as U+FFFD.
         out = []
@@ -210,14 +214,11 @@ class CharTokenizer:
                                           decoders.Replace(EOS_TOKEN, "\n"), decoders.Fuse()])
         return core
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return save_tokenizer(self, path)
-
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
-class IdentityTokenizer:
+class IdentityTokenizer(_Base):
     """For synthetic data, where the ids already are the tokens.
 
     Text form is ids separated by spaces ("3 17 5"), so encode(decode(ids)) == ids; that is how
@@ -244,9 +245,6 @@ class IdentityTokenizer:
             raise DataError(f"Token ids {bad[:5]} are outside 0..{self.vocab_size - 1}.")
         return ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(str(int(i)) for i in ids)
 
@@ -259,9 +257,6 @@ class IdentityTokenizer:
         core = _HFTokenizerCore(models.WordLevel(vocab, unk_token=UNK_TOKEN))
         core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         return core
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return f"IdentityTokenizer(vocab_size={self.vocab_size})"
@@ -298,7 +293,7 @@ def _chunk_safe(core: _HFTokenizerCore) -> bool:
     )
 
 
-class HFTokenizer:
+class HFTokenizer(_Base):
     """A Hugging Face `tokenizers` tokenizer (a trained byte-level BPE or a tokenizer.json file).
 
     Special tokens are never added by encode (a file's post-processor might add [CLS]/[SEP]);
@@ -389,9 +384,6 @@ class HFTokenizer:
 
     def to_hf(self) -> _HFTokenizerCore:
         return self.core
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        return save_tokenizer(self, path)
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, eos={self.eos_token!r})"

@@ -230,16 +230,6 @@ def revision_of(data: dict[str, Any]) -> str:
     return ""
 
 
-def _write_folder_atomic(dest: Path, files: dict[str, str]) -> Path:
-    """All files appear at once (one rename of a finished folder), or none do."""
-    with atomic_dir(dest) as tmp:
-        for name, content in files.items():
-            # newline="" keeps the bytes exactly as GitHub sent them, so the SHA-256 is the Gist's.
-            with open(tmp / name, "w", encoding="utf-8", newline="") as fh:
-                fh.write(content)
-    return dest
-
-
 def _newest_cached(gists_dir: Path, gist_id: str) -> Path | None:
     found = [p for p in gists_dir.glob(f"{gist_id}-*")
              if p.is_dir() and all((p / n).is_file() for n in REQUIRED_FILES)]
@@ -282,7 +272,11 @@ def materialize_gist(source: ModelSource, *, cache_dir: Path | None, api_base: s
     else:
         if dest.is_dir():  # "latest" without a known revision: replace it wholesale
             shutil.rmtree(dest)
-        _write_folder_atomic(dest, files)
+        with atomic_dir(dest) as tmp:  # all files appear at once (one rename), or none do
+            for name, content in files.items():
+                # newline="" keeps the bytes as GitHub sent them, so the SHA-256 is the Gist's.
+                with open(tmp / name, "w", encoding="utf-8", newline="") as fh:
+                    fh.write(content)
     return dest, revision, f"fetched from {api_base.rstrip('/')}, cached in {dest}"
 
 
@@ -325,10 +319,6 @@ def parse_model_py(path: Path) -> ast.Module:
         raise ModelLoadError(f"{path} is not Python source ({err}).") from err
 
 
-def _base_names(node: ast.ClassDef) -> list[str]:
-    return [ast.unparse(base) for base in node.bases]
-
-
 def _module_classes(classes: dict[str, ast.ClassDef]) -> list[str]:
     """Classes whose bases are nn.Module, or (transitively) another such class of the file."""
     found: set[str] = set()
@@ -337,7 +327,7 @@ def _module_classes(classes: dict[str, ast.ClassDef]) -> list[str]:
         changed = False
         for name, node in classes.items():
             if name not in found and any(b in _MODULE_BASES or b in found
-                                         for b in _base_names(node)):
+                                         for b in map(ast.unparse, node.bases)):
                 found.add(name)
                 changed = True
     return [name for name in classes if name in found]  # file order

@@ -8,7 +8,7 @@ causal attention and a tied output head.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,9 +51,6 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class CausalSelfAttention(nn.Module):
@@ -170,19 +167,18 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
+    def flops_per_token(self) -> float:
         """Training FLOPs (forward + backward) per token, for MFU.
 
         The PaLM / nanoGPT estimate 6 * N + 12 * L * d_model * T, where N is the non-embedding
         parameters PLUS the real-vocab part of the tied lm_head (d_model * vocab_size): the head
         is a genuine matmul on every token, unlike the position lookup. Padding columns are not
-        counted, so MFU credits only useful work. The attention term uses T = block_size unless
-        seq_len is given (it ignores the causal halving, as PaLM does).
+        counted, so MFU credits only useful work. T = block_size (the attention term ignores the
+        causal halving, as PaLM does).
         """
         cfg = self.config
-        T = cfg.block_size if seq_len is None else seq_len
         n = self.num_parameters(exclude_embeddings=True) + cfg.d_model * cfg.vocab_size
-        return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * T
+        return 6.0 * n + 12.0 * cfg.n_layers * cfg.d_model * cfg.block_size
 
 
 def gpt_config(config: TrainingConfig | Any, vocab_size: int | None = None) -> GPTConfig:

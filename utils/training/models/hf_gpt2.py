@@ -27,6 +27,9 @@ from .gpt import GPT, GPTConfig
 # nn.LayerNorm's default, which the built-in GPT uses.
 LAYER_NORM_EPS = 1e-5
 _BLOCK = "transformer.h.{i}."
+# Each block's weights: our name -> GPT-2's. The linear ones are transposed (not the norms').
+_LAYER = {"ln1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj", "ln2": "ln_2",
+          "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
 WEIGHTS = "model.safetensors"
 GENERATION_CONFIG = "generation_config.json"
 
@@ -52,11 +55,6 @@ print(tokenizer.decode(out[0]))
 
 class GPT2ConversionError(PersonFacing, ValueError):
     """Weights that do not fit the built-in GPT / GPT-2 correspondence; the message says why."""
-
-
-def _linear_to_conv1d(weight: torch.Tensor) -> torch.Tensor:
-    # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out] and computes x @ W + b.
-    return weight.detach().to(torch.float32).t().contiguous()
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -109,11 +107,11 @@ def generation_config(cfg: GPTConfig, eos_id: int | None) -> dict[str, Any]:
     return out
 
 
-def _get(state: Mapping[str, torch.Tensor], key: str, prefix: str = "") -> torch.Tensor:
+def _get(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     try:
         return state[key]
     except KeyError:
-        raise GPT2ConversionError(f"The weights have no {prefix}{key!r}: they are not those of "
+        raise GPT2ConversionError(f"The weights have no {key!r}: they are not those of "
                                   "the built-in GPT this config describes.") from None
 
 
@@ -133,22 +131,14 @@ def to_gpt2(state: Mapping[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torc
            "transformer.wpe.weight": _f32(_get(state, "pos_emb.weight")),
            "transformer.ln_f.weight": _f32(_get(state, "ln_f.weight")),
            "transformer.ln_f.bias": zeros(d)}
+    bias_size = {"attn.qkv": 3 * d, "mlp.fc": cfg.d_ff}  # the others' is d_model
     for i in range(cfg.n_layers):
         ours, theirs = f"blocks.{i}.", _BLOCK.format(i=i)
-        out.update({
-            theirs + "ln_1.weight": _f32(_get(state, ours + "ln1.weight")),
-            theirs + "ln_1.bias": zeros(d),
-            theirs + "attn.c_attn.weight": _linear_to_conv1d(_get(state, ours + "attn.qkv.weight")),
-            theirs + "attn.c_attn.bias": zeros(3 * d),
-            theirs + "attn.c_proj.weight": _linear_to_conv1d(_get(state, ours + "attn.proj.weight")),
-            theirs + "attn.c_proj.bias": zeros(d),
-            theirs + "ln_2.weight": _f32(_get(state, ours + "ln2.weight")),
-            theirs + "ln_2.bias": zeros(d),
-            theirs + "mlp.c_fc.weight": _linear_to_conv1d(_get(state, ours + "mlp.fc.weight")),
-            theirs + "mlp.c_fc.bias": zeros(cfg.d_ff),
-            theirs + "mlp.c_proj.weight": _linear_to_conv1d(_get(state, ours + "mlp.proj.weight")),
-            theirs + "mlp.c_proj.bias": zeros(d),
-        })
+        for mine, gpt2 in _LAYER.items():
+            weight = _get(state, f"{ours}{mine}.weight")
+            # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out] and computes x @ W + b.
+            out[f"{theirs}{gpt2}.weight"] = _f32(weight if mine.startswith("ln") else weight.t())
+            out[f"{theirs}{gpt2}.bias"] = zeros(bias_size.get(mine, d))
     return out
 
 
@@ -180,9 +170,6 @@ def from_gpt2(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig) -> dict[str, 
     Refuses non-zero biases rather than dropping them: a GPT-2 fine-tuned elsewhere has learned
     biases the built-in GPT cannot hold, and silently losing them would change its outputs.
     """
-    def take(key: str) -> torch.Tensor:
-        return _get(tensors, key)
-
     def no_bias(key: str) -> None:
         bias = tensors.get(key)
         if bias is not None and bool(bias.ne(0).any()):
@@ -190,22 +177,18 @@ def from_gpt2(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig) -> dict[str, 
                 f"{key} is not zero: these GPT-2 weights were changed outside this library (the "
                 "built-in GPT has no biases). Load them with transformers instead.")
 
-    wte = take("transformer.wte.weight")
-    state = {"tok_emb.weight": wte, "pos_emb.weight": take("transformer.wpe.weight"),
-             "ln_f.weight": take("transformer.ln_f.weight"), "lm_head.weight": wte}
+    wte = _get(tensors, "transformer.wte.weight")
+    state = {"tok_emb.weight": wte, "pos_emb.weight": _get(tensors, "transformer.wpe.weight"),
+             "ln_f.weight": _get(tensors, "transformer.ln_f.weight"), "lm_head.weight": wte}
     no_bias("transformer.ln_f.bias")
     for i in range(cfg.n_layers):
         ours, theirs = f"blocks.{i}.", _BLOCK.format(i=i)
-        for name in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            no_bias(theirs + name + ".bias")
-        state.update({
-            ours + "ln1.weight": take(theirs + "ln_1.weight"),
-            ours + "ln2.weight": take(theirs + "ln_2.weight"),
-            ours + "attn.qkv.weight": take(theirs + "attn.c_attn.weight").t().contiguous(),
-            ours + "attn.proj.weight": take(theirs + "attn.c_proj.weight").t().contiguous(),
-            ours + "mlp.fc.weight": take(theirs + "mlp.c_fc.weight").t().contiguous(),
-            ours + "mlp.proj.weight": take(theirs + "mlp.c_proj.weight").t().contiguous(),
-        })
+        for gpt2 in _LAYER.values():
+            no_bias(f"{theirs}{gpt2}.bias")
+        for mine, gpt2 in _LAYER.items():
+            weight = _get(tensors, f"{theirs}{gpt2}.weight")
+            state[f"{ours}{mine}.weight"] = (weight if mine.startswith("ln")
+                                             else weight.t().contiguous())
     return state
 
 
