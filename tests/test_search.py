@@ -230,10 +230,10 @@ def test_rerun_continues_the_study_after_a_disconnect(config, tmp_path):
 def test_a_trial_left_running_by_a_dead_worker_is_failed_and_replaced(config, workspace,
                                                                       monkeypatch):
     # A disconnect mid-trial leaves it "running" with no worker; its heartbeat goes stale.
-    import utils.training.search as search
+    import utils.training.search_result as search_result
 
-    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(search, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(search_result, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search_result, "GRACE_SECONDS", 1)
     study = create_search_study(config, workspace, space=LR_SPACE)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() is not optimize()
         zombie = study.ask()
@@ -285,14 +285,15 @@ def test_two_workers_on_one_study_lose_no_trials(config, workspace, tmp_path):
     study = optuna.load_study(study_name="parallel",
                               storage=f"sqlite:///{study_path(workspace, 'parallel')}")
     trials = study.get_trials()
-    assert len(trials) >= 4
     assert sorted(t.number for t in trials) == list(range(len(trials)))
-    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    run_ids = [t.user_attrs["run_id"] for t in trials]
-    assert len(set(run_ids)) == len(trials)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # together they stop at the total (tests/test_search_workers.py)
+    assert all(t.user_attrs.get("skipped") for t in trials if t not in finished)
+    run_ids = [t.user_attrs["run_id"] for t in finished]
+    assert len(set(run_ids)) == len(finished)
     runs = _db_runs(workspace, "parallel")
     assert sorted(runs["id"]) == sorted(run_ids)
-    assert sorted(runs["name"]) == sorted(f"parallel-trial-{t.number}" for t in trials)
+    assert sorted(runs["name"]) == sorted(f"parallel-trial-{t.number}" for t in finished)
 
 
 def test_cli_search_saves_the_best_config_and_figures(config, tmp_path, capsys):

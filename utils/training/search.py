@@ -1,13 +1,17 @@
 """Hyperparameter search on Optuna: every trial is a real, tracked training run.
 
 A trial is a ``TrainingSession`` like any other (same data path, same DB row, tagged with the
-study), so a search result can be inspected, compared and exported like a hand-made run. The
-study lives in ``<workspace>/search/<study>.db`` (Optuna's RDB storage on SQLite), so after a
-disconnect the same call carries on: ``n_trials`` is the *total* the study should reach, counting
-finished (completed or pruned) trials, and re-running the cell finishes the plan instead of
-starting over. On Drive, SQLite locking is unreliable (COLAB.md), so the live study file is on
-the VM's local disk and a consistent copy (SQLite backup API) goes to Drive after every trial;
-a fresh VM restores it from there, like ``ExperimentDB`` does.
+study), so a search result can be inspected, compared and exported like a hand-made run. By
+default the study lives in ``<workspace>/search/<study>.db`` (Optuna's RDB storage on SQLite),
+so after a disconnect the same call carries on: ``n_trials`` is the *total* the study should
+reach, counting finished (completed or pruned) trials, and re-running the cell finishes the plan
+instead of starting over. On Drive, SQLite locking is unreliable (COLAB.md), so the live study
+file is on the VM's local disk and a consistent copy (SQLite backup API) goes to Drive after
+every trial; a fresh VM restores it from there, like ``ExperimentDB`` does.
+
+Several workers (processes, each on its own device) can share one study: ``storage`` names it
+directly (:data:`STORAGE_FORMS`). Together they stop at ``n_trials``: a worker starts a trial only
+while the finished trials plus those running elsewhere fall short of it.
 """
 
 from __future__ import annotations
@@ -16,21 +20,37 @@ import contextlib
 import gc
 import logging
 import math
+import os
+import re
 import shutil
-import warnings
+import socket
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from . import metric_names as M
 from .callbacks import Callback
 from .data import load_token_data
 from .experiment_db import ExperimentDB
 from .run import TrainingSession, validate_config
-from .search_result import FINISHED, INTERRUPTED, SEARCH_DIR, SearchResult, trial_line
+from .search_result import (
+    FINISHED,
+    INTERRUPTED,
+    SKIPPED,
+    STORAGE_FORMS,
+    SearchResult,
+    StudyStorage,
+    check_storage,
+    interrupted_message,
+    load_search,
+    open_storage,
+    quiet_optuna,
+    study_path,
+    trial_line,
+)
 from .search_space import (
     Param,
     SearchError,
@@ -41,26 +61,27 @@ from .search_space import (
 )
 from .trainer import TrainingDivergedError
 from .training_config import NOT_HYPERPARAMETERS, RUN_NAME_RE, TrainingConfig
-from .workspace import LiveSQLite, Workspace
+from .workspace import Workspace, pid_alive
 
 __all__ = [
-    "SearchError", "SearchResult", "SearchSpaceError", "create_search_study", "default_space",
-    "load_search", "run_search",
+    "STORAGE_FORMS", "SearchError", "SearchResult", "SearchSpaceError", "StudyStorage",
+    "check_storage", "create_search_study", "default_space", "load_search", "open_storage",
+    "run_search", "study_path", "use_device",
 ]
 
 MEDIAN_STARTUP_TRIALS = 3  # trials that finish unpruned before the median means anything
 # Random trials before TPE models the results. Optuna's default (10) would make a typical
 # Colab budget of 10-20 trials mostly random search.
 TPE_STARTUP_TRIALS = 5
-HEARTBEAT_SECONDS = 60  # a worker that stops beating for GRACE_SECONDS left a zombie trial
-GRACE_SECONDS = 180
 _TRIAL_SUFFIX = "-trial-00000"  # the longest suffix a study name must leave room for
 # Differences in these fields do not change what a trial measures, so continuing a study
 # with them changed is fine.
 _NOT_COMPARED = NOT_HYPERPARAMETERS | {"epochs", "compile"}
+_IN_PLAY = (*FINISHED, TrialState.RUNNING)
+_WORKER = "worker"  # a trial's user attr: "<machine>:<pid>" of the process that runs it
 
 
-# --------------------------------------------------------------------------- storage
+# --------------------------------------------------------------------------- study and device
 
 
 def _study_name(config: TrainingConfig, study_name: str | None) -> str:
@@ -73,56 +94,40 @@ def _study_name(config: TrainingConfig, study_name: str | None) -> str:
     return name
 
 
-def study_path(workspace: Workspace, study_name: str) -> Path:
-    """Where the study's file lives in the workspace (on Drive: the copy that survives)."""
-    return workspace.path_in(SEARCH_DIR, study_name, ".db", what="study name")
-
-
-def _files(workspace: Workspace, study_name: str) -> LiveSQLite:
-    """The study's live file (local disk) and its kept copy (the workspace, maybe Drive)."""
-    return LiveSQLite.in_workspace(workspace, study_path(workspace, study_name))
-
-
-def _restore(workspace: Workspace, study_name: str) -> Path:
-    """The live file; on a fresh VM, first copied back from Drive so the study continues."""
-    files = _files(workspace, study_name)
-    files.live.parent.mkdir(parents=True, exist_ok=True)
-    if files.restore():
-        print(f"Restored search study {study_name!r} from {files.kept} to local disk.")
-    return files.live
-
-
-def _sync(workspace: Workspace | None, study_name: str) -> None:
-    """Copy the live study to Drive, consistently even while another worker writes to it."""
-    if workspace is not None:
-        _files(workspace, study_name).backup()
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines and experimental-feature warnings are noise next to our own lines."""
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield
-    finally:
-        optuna.logging.set_verbosity(previous)
-
-
-def _storage(workspace: Workspace | None, study_name: str) -> optuna.storages.BaseStorage:
-    if workspace is None:
-        return optuna.storages.InMemoryStorage()
-    live = _restore(workspace, study_name)
-    # The heartbeat marks a trial whose worker died (a disconnect mid-trial) as failed, so it
-    # is retried instead of sitting in "running" forever.
-    with _quiet_optuna():
-        return optuna.storages.RDBStorage(
-            f"sqlite:///{live}",
-            engine_kwargs={"connect_args": {"timeout": 60}},  # workers queue for the write lock
-            heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-        )
+def use_device(device: str | None) -> None:
+    """Make this process train on ``device``: "cpu", "cuda" or "cuda:N" (N counts the GPUs this
+    process sees). Process-wide on purpose: the hardware check, the trainer, pinned memory and
+    the GPU readings all ask torch for "the" device, so each search worker (a process of its
+    own) points torch at its device once, before anything touches CUDA."""
+    if device is None:
+        return
+    text = str(device).strip().lower()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    if text == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read by CUDA when it starts, later
+        if torch.cuda.is_available():
+            if visible is None:
+                del os.environ["CUDA_VISIBLE_DEVICES"]
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+            raise SearchError("device 'cpu': CUDA already started in this process, so the GPU "
+                              "cannot be hidden any more; start the worker with "
+                              "CUDA_VISIBLE_DEVICES= (empty) in its environment instead")
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise SearchError(f"device {device!r}: use cpu, cuda or cuda:N (the N-th GPU this "
+                          "process sees)")
+    if not torch.cuda.is_available():
+        raise SearchError(f"device {device!r}: this process sees no GPU{seen}; use cpu, or "
+                          "run the worker on a machine with a GPU")
+    count = torch.cuda.device_count()
+    index = int(match.group(1) or torch.cuda.current_device())
+    if index >= count:
+        raise SearchError(f"device {device!r}: this process sees {count} GPU(s), cuda:0 to "
+                          f"cuda:{count - 1}{seen}")
+    torch.cuda.set_device(index)
 
 
 def _pruner(prune: bool | optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
@@ -147,24 +152,26 @@ def create_search_study(
     sampler_seed: int | None = None,
     prune: bool | optuna.pruners.BasePruner = True,
     trial_epochs: int | None = None,
+    storage: str | StudyStorage | None = None,
 ) -> optuna.Study:
-    """Create the study (or open it), before any parallel worker starts.
+    """Create the study (or open it); parallel workers may all call it at the same moment.
 
     Continuing a study with a config that changes what trials measure (other data, another
     model size that is not searched) would mix incomparable numbers, so it is an error.
-    The sampler's seed is ``sampler_seed`` (default ``config.seed``) plus the number of trials
-    already in the study: a continued study does not replay its first random trials. Parallel
-    workers should pass different ``sampler_seed`` values for the same reason.
+    The sampler's seed mixes ``sampler_seed`` (default ``config.seed``) with the number of
+    trials already in the study: a continued study does not replay its first random trials.
+    Parallel workers should pass different ``sampler_seed`` values for the same reason (a plain
+    sum would let seed 1 after one trial equal seed 2 before any).
     """
     validate_config(config, hardware=False)  # after run_search's own call: a lookup
     name = _study_name(config, study_name)
     params = parse_space(space, config)
     epochs = int(trial_epochs or config.epochs)
-    storage = _storage(workspace, name)
-    lock = _files(workspace, name).creation_lock() if workspace else contextlib.nullcontext()
-    with lock, _quiet_optuna():
-        study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
-                                    load_if_exists=True)
+    store = (storage if isinstance(storage, StudyStorage)
+             else open_storage(workspace, name, storage))
+    with store.creation_lock(), quiet_optuna():
+        study = optuna.create_study(storage=store.storage, study_name=name,
+                                    direction="minimize", load_if_exists=True)
         if "base_config" not in study.user_attrs:
             study.set_user_attr("base_config", config.to_dict())
             study.set_user_attr("trial_epochs", epochs)
@@ -181,10 +188,11 @@ def create_search_study(
             "trials would not be comparable. Use the same config to continue it, or pass a new "
             "study_name to start another search."
         )
-    seed = (config.seed if sampler_seed is None else int(sampler_seed)) + len(study.trials)
+    base = config.seed if sampler_seed is None else int(sampler_seed)
+    seed = (base * 1_000_003 + len(study.trials)) % 2**32
     sampler = optuna.samplers.TPESampler(n_startup_trials=TPE_STARTUP_TRIALS, seed=seed,
                                          constant_liar=True)
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+    return optuna.load_study(study_name=name, storage=store.storage, sampler=sampler,
                              pruner=_pruner(prune))
 
 
@@ -210,29 +218,68 @@ class _ReportToTrial(Callback):
             trainer.should_stop = True  # ends cleanly, so the run's files and DB row are whole
 
 
-class _Interrupted(logging.Filter):
-    """The trials stopped by Ctrl-C. Optuna logs such a trial as "failed" with a traceback, as
-    if it were a bug; as a logging filter on Optuna's optimize logger this drops those records
-    (and only those): ``run_search`` says what happened instead."""
+class _Silenced(logging.Filter):
+    """Trials that end "failed" on purpose: stopped by Ctrl-C (``interrupted``), or not needed
+    because the study's total was already finished or running elsewhere (``skipped``). Optuna
+    logs each as a failure with a traceback, as if it were a bug; as a logging filter on
+    Optuna's optimize logger this drops those records (and only those): ``run_search`` says
+    what happened instead."""
 
     LOGGER = "optuna.study._optimize"
 
     def __init__(self) -> None:
         super().__init__()
-        self.trials: list[int] = []
+        self.interrupted: list[int] = []
+        self.skipped: list[int] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(message.startswith(f"Trial {n} failed") for n in self.trials)
+        return not any(message.startswith(f"Trial {n} failed")
+                       for n in self.interrupted + self.skipped)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[_Interrupted]:
+    def installed(self) -> Iterator[_Silenced]:
         logger = logging.getLogger(self.LOGGER)
         logger.addFilter(self)
         try:
             yield self
         finally:
             logger.removeFilter(self)
+
+
+class _NotNeeded(Exception):
+    """The trial just created would exceed ``n_trials``: another worker created one first."""
+
+
+def _machine() -> str:
+    """This machine, as a worker records it: the host and, on Linux, the pid namespace (two
+    containers may share a host name but not their pids)."""
+    with contextlib.suppress(OSError):
+        return f"{socket.gethostname()}/{os.readlink('/proc/self/ns/pid')}"
+    return socket.gethostname()
+
+
+def _trials_in_play(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards ``n_trials``: finished ones and running ones. A running
+    trial whose worker was a process on this machine that is gone (a restarted kernel, a killed
+    worker) is failed first, so a rerun replaces it at once; other machines' dead workers are
+    the heartbeat's job."""
+    trials = study.get_trials(deepcopy=False, states=_IN_PLAY)
+    here, dead = _machine(), []
+    for t in trials:
+        machine, _, pid = str(t.user_attrs.get(_WORKER, "")).rpartition(":")
+        if t.state == TrialState.RUNNING and machine == here and not pid_alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            dead.append(t)
+    return [t for t in trials if t not in dead]
+
+
+def _in_play(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials; the running ones are other workers' (or, for up to
+    ``GRACE_SECONDS``, those of another machine's dead worker)."""
+    trials = _trials_in_play(study)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
 
 
 def _free_memory() -> None:
@@ -244,8 +291,18 @@ def _free_memory() -> None:
 
 
 def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None, db: Any,
-               study_name: str, epochs: int, keep_checkpoints: bool, interrupted: _Interrupted):
+               study_name: str, epochs: int, keep_checkpoints: bool, silenced: _Silenced,
+               n_trials: int):
     def objective(trial: optuna.Trial) -> float:
+        # Two workers can pass the "room for one more" check at the same moment; trial numbers
+        # are handed out one at a time, so the later one sees the earlier one and steps back.
+        trial.set_user_attr(_WORKER, f"{_machine()}:{os.getpid()}")
+        ahead = _trials_in_play(trial.study)
+        if sum(t.number < trial.number for t in ahead) >= n_trials:
+            trial.set_user_attr(SKIPPED, True)
+            silenced.skipped.append(trial.number)
+            trial.study.stop()
+            raise _NotNeeded(f"the study already has {n_trials} trials finished or running")
         values = {name: param.suggest(trial) for name, param in params.items()}
         run_name = f"{study_name}-trial-{trial.number}"
         base, changes = apply_params(config, values)
@@ -272,7 +329,7 @@ def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None
             # Ctrl-C. Optuna cannot continue a trial, so this one ends here: Optuna records it
             # as failed (a rerun of the search replaces it), marked as interrupted; its DB run is
             # "interrupted". The interrupt goes on to stop the search.
-            interrupted.trials.append(trial.number)
+            silenced.interrupted.append(trial.number)
             trial.set_user_attr(INTERRUPTED, True)
             raise
         finally:
@@ -290,17 +347,21 @@ def _objective(config: TrainingConfig, params: dict, workspace: Workspace | None
 
 
 class _Progress:
-    """One line per finished trial, and the study copied to Drive after each one."""
+    """After each trial: the study copied to Drive, a stop once the total is finished or in
+    other workers' hands, and one line."""
 
-    def __init__(self, workspace: Workspace | None, study_name: str, target: int,
-                 verbose: bool) -> None:
-        self.workspace, self.study_name = workspace, study_name
-        self.target, self.verbose = target, verbose
+    def __init__(self, store: StudyStorage, target: int, verbose: bool) -> None:
+        self.store, self.target, self.verbose = store, target, verbose
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        _sync(self.workspace, self.study_name)
+        self.store.sync()
+        finished, running = _in_play(study)
+        if finished + running >= self.target:
+            study.stop()
         if self.verbose:
-            print(trial_line(study, trial, self.target))
+            print(f"trial {trial.number} not run: the study has its {self.target} trials "
+                  "finished or running in other workers" if trial.user_attrs.get(SKIPPED)
+                  else trial_line(study, trial, self.target))
 
 
 # --------------------------------------------------------------------------- the search
@@ -344,6 +405,8 @@ def run_search(
     verbose: bool = True,
     trial_epochs: int | None = None,
     keep_trial_checkpoints: bool = False,
+    storage: str | None = None,
+    device: str | None = None,
 ) -> SearchResult:
     """Search ``space`` (default: :data:`search_space.DEFAULT_SPACE`) around ``config``.
 
@@ -358,83 +421,77 @@ def run_search(
     Ctrl-C (Colab's stop button) ends the search after the current trial's step and returns
     what was found so far. That trial is recorded as failed ("interrupted") and is not resumed:
     running the call again starts new trials until ``n_trials`` have finished.
+
+    Several workers: give each the same ``storage`` (:data:`STORAGE_FORMS`) and study, its own
+    ``sampler_seed`` and ``device`` (:func:`use_device`). A worker starts a trial only while
+    finished plus running trials fall short of ``n_trials``, so together they stop at it; a
+    worker whose trial fails replaces it. A worker that dies leaves a "running" trial: on the
+    same machine the next worker (or a rerun) fails and replaces it at once, from another machine
+    after the heartbeat's grace period (3 minutes). Running the call again tops the study up.
     """
+    use_device(device)
     validate_config(config, hardware=False)  # each trial's config: on the machine, as it starts
     if not isinstance(n_trials, int) or n_trials < 1:
         raise SearchError(f"n_trials = {n_trials!r}: must be a whole number >= 1 (the total "
                           "number of trials the study should have)")
     name = _study_name(config, study_name)
+    check_storage(storage)  # its form now; its file once the space has passed
     params = _batch_limit(config, workspace, parse_space(space, config), verbose)
+    store = open_storage(workspace, name, storage)
     chosen_space = {n: (list(p.choices) if p.kind == "choice"
                         else (p.low, p.high, "log" if p.log else "linear"))
                     for n, p in params.items()}
     study = create_search_study(config, workspace, study_name=name, space=chosen_space,
-                                sampler_seed=sampler_seed, prune=prune, trial_epochs=trial_epochs)
+                                sampler_seed=sampler_seed, prune=prune, trial_epochs=trial_epochs,
+                                storage=store)
+    if verbose and store.machines != "one" and workspace is not None and db is None:
+        print(f"Note: every worker records its trials in {workspace.db_path}, a SQLite file that"
+              " is safe for the workers of one machine only" + (
+                  ": on Drive each VM's copy overwrites the others'. Give each VM its own "
+                  "workspace (--workspace)." if workspace.on_drive else
+                  " (its WAL mode needs one host). Workers on other machines need a workspace "
+                  "of their own for it."))
     own_db = db is None and workspace is not None
     if own_db:
         db = ExperimentDB.open_for_workspace(workspace, verbose=False)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = n_trials - done
-    where = study_path(workspace, name) if workspace is not None else "memory (no workspace)"
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial frees its place
+    done, running = _in_play(study)
+    remaining = n_trials - done - running
     if verbose:
-        print(f"Search {name!r} in {where}: {done} of {n_trials} trials done"
-              + (f", running {remaining} more" if remaining > 0 else "")
+        elsewhere = f", {running} running in other workers" if running else ""
+        print(f"Search {name!r} in {store.where}: {done} of {n_trials} trials done{elsewhere}"
+              + (f", running up to {remaining} more" if remaining > 0 else "")
               + (f" (stops starting trials after {timeout:g}s)" if timeout and remaining > 0 else "")
               + ".\nSearching: " + "; ".join(p.describe() for p in params.values()))
     interrupted = False
-    stopped = _Interrupted()
+    silenced = _Silenced()
     try:
         if remaining > 0:
             objective = _objective(config, params, workspace, db, name,
                                    int(trial_epochs or config.epochs), keep_trial_checkpoints,
-                                   stopped)
-            with _quiet_optuna(), stopped.installed():  # our one line per trial replaces Optuna's
-                study.optimize(
-                    objective, n_trials=remaining, timeout=timeout,
-                    catch=(TrainingDivergedError, torch.cuda.OutOfMemoryError),
-                    callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-                               _Progress(workspace, name, n_trials, verbose)],
+                                   silenced, n_trials)
+            with quiet_optuna(), silenced.installed():  # our one line per trial replaces Optuna's
+                study.optimize(  # n_trials caps the attempts: a trial that always fails ends
+                    objective, n_trials=n_trials - done, timeout=timeout,
+                    catch=(TrainingDivergedError, torch.cuda.OutOfMemoryError, _NotNeeded),
+                    callbacks=[_Progress(store, n_trials, verbose)],
                 )
+        elif verbose and running:
+            print(f"The other {running} trials it needs are running in other workers: nothing "
+                  "for this worker to do. (A trial whose worker on another machine died is "
+                  "failed by the heartbeat after 3 minutes; run again then.)")
         elif verbose:
             print(f"The study already has {done} finished trials; raise n_trials to add more.")
     except KeyboardInterrupt:
         interrupted = True
-        print(_interrupted_message(study, stopped.trials, n_trials, keep_trial_checkpoints))
+        print(interrupted_message(study, silenced.interrupted, n_trials, keep_trial_checkpoints))
     finally:
-        _sync(workspace, name)
+        store.sync()
         if own_db:
             db.close()
     result = SearchResult(study, config, name, workspace, interrupted=interrupted)
     if verbose:
         print(result.summary())
     return result
-
-
-def _interrupted_message(study: optuna.Study, trials: list[int], n_trials: int,
-                         kept: bool) -> str:
-    """What Ctrl-C did to the search, and what running it again will do (nothing resumes)."""
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if trials:
-        files = "kept, but a new search will not use them" if kept else "deleted"
-        what = (f"Search stopped during trial {trials[-1]}: that trial is recorded as failed "
-                f"({INTERRUPTED}) and will not be continued (Optuna cannot resume a trial; its "
-                f"checkpoints were {files}).")
-    else:
-        what = "Search stopped between trials."
-    rerun = (f"Running the same call again starts new trials until {n_trials} are finished."
-             if done < n_trials else "The planned trials are all finished.")
-    return f"{what} {done} of {n_trials} trials are finished and kept. {rerun}"
-
-
-def load_search(study_name: str, workspace: Workspace) -> SearchResult:
-    """Reopen a finished (or interrupted) search from the workspace, e.g. in a new session."""
-    name = str(study_name)
-    kept = study_path(workspace, name)
-    if not kept.exists() and not _files(workspace, name).live.exists():
-        found = sorted(p.stem for p in (workspace.root / SEARCH_DIR).glob("*.db"))
-        raise SearchError(f"No search study {name!r} in {workspace.root / SEARCH_DIR}; "
-                          f"studies there: {', '.join(found) or 'none'}")
-    study = optuna.load_study(study_name=name, storage=_storage(workspace, name))
-    config = TrainingConfig.from_dict(study.user_attrs["base_config"])
-    return SearchResult(study, config, name, workspace)
 
