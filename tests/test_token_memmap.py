@@ -74,7 +74,7 @@ def ref_make_dataloaders(train_ids, val_ids, block_size, batch_size, seed, *, pi
         drop_last=drop_last and len(train_blocks) >= batch_size * world_size,
         rank=rank, world_size=world_size)
     val_sampler = ResumableBatchSampler(len(val_blocks), batch_size, seed, shuffle=False,
-                                        rank=rank, world_size=world_size)
+                                        rank=rank, world_size=world_size, pad=False)
 
     def loader(blocks, sampler):
         return DataLoader(RefBlocks(blocks), batch_size=None, sampler=sampler, num_workers=0,

@@ -713,9 +713,11 @@ def test_resume_with_more_epochs_says_the_schedule_changes(tiny_config, workspac
     assert "re-stretched" in out
 
 
-def test_multi_process_launch_is_refused_loudly(tiny_config, monkeypatch):
+def test_a_multi_process_launch_without_torchrun_is_refused_loudly(tiny_config, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="not built yet"):
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match=r"RANK, MASTER_ADDR, MASTER_PORT is not: .*torchrun"):
         prepare(tiny_config()).trainer()
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 import sysconfig
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .dashboard import TrainingDashboard
 from .data import DataError
 from .experiment_db import ExperimentDB, ExperimentDBError, RunNotFoundError
 from .export import ExportError, export_archive, human_size
+from .hardware import DistributedSetupError, distributed, end_distributed
 from .history import run_comparison_table
 from .models import ModelLoadError
 from .notebook_run import run_notebook
@@ -74,13 +76,14 @@ def _build_config(args: argparse.Namespace) -> TrainingConfig:
 
 def _run(config: TrainingConfig, args: argparse.Namespace) -> tuple[TrainingResult, Workspace]:
     """Train with the experiment DB and the dashboard, exactly as the notebook does."""
-    workspace = Workspace.setup(args.workspace)
-    with ExperimentDB.open_for_workspace(workspace) as db:
+    main = distributed().is_main  # under torchrun rank 0 alone creates and writes files
+    workspace = Workspace.setup(args.workspace, verbose=main, create=main)
+    with (ExperimentDB.open_for_workspace(workspace) if main else nullcontext()) as db:
         session = TrainingSession.create(config, workspace, db=db,
                                          trust=getattr(args, "trust", False),
                                          progress=not args.no_progress)
         result = session.fit()
-        if result.history:
+        if result.history and main:
             session.save_dashboard(show=False)
     return result, workspace
 
@@ -89,8 +92,11 @@ def _run(config: TrainingConfig, args: argparse.Namespace) -> tuple[TrainingResu
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    dist = distributed()  # launched by torchrun: join the process group first
     result, _ = _run(_build_config(args), args)
-    print(f"Checkpoints: {result.checkpoint_dir}")
+    if dist.is_main:
+        print(f"Checkpoints: {result.checkpoint_dir}")
+    end_distributed()
     return 0
 
 
@@ -115,15 +121,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    """One search worker. Several may run at once on one study (--storage), each on its own
+    device; the last to finish writes the best config that counts (or run it again after)."""
     try:
         config = _load_config(args)
         workspace = Workspace.setup(args.workspace)
         result = run_search(
             config, workspace, n_trials=args.trials, timeout=args.timeout,
             study_name=args.study, sampler_seed=args.seed, prune=not args.no_prune,
-            trial_epochs=args.trial_epochs,
+            trial_epochs=args.trial_epochs, storage=args.storage, device=args.device,
         )
         print(result.trials.to_string(index=False))
+        if result.still_running and not result.has_completed:
+            print(f"No trial has completed yet; {result.still_running} are running in other "
+                  "workers. The last worker to finish writes the best config (or run this "
+                  "command again once they are done).")
+            return 0
         best = result.best_config
     except (SearchError, SearchSpaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -170,7 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         with ExperimentDB.open_for_workspace(workspace, verbose=False) as db:
             archive = export_archive(args.run, workspace, db, trust=args.trust)  # bundle first
     except (ExportError, UnsafeNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {exc}", file=sys.stderr)
         return 2
     bundle = workspace.bundle_dir(args.run)
     print(f"Bundle:  {bundle}\nArchive: {archive} ({human_size(archive.stat().st_size)})")
@@ -257,10 +270,12 @@ def add_demo_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
     """``python -m utils.training search --config FILE --trials N --timeout S ...``"""
-    p = _command(subparsers, "search", "Optuna search around a config (resumable)")
+    p = _command(subparsers, "search", "Optuna search around a config (resumable; several "
+                 "workers may share one study with --storage)")
     _config_arguments(p)
     p.add_argument("--trials", type=int, default=10, metavar="N",
-                   help="total trials the study should have (finished ones count)")
+                   help="total trials the study should have (finished ones count, all workers "
+                   "together)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="stop starting new trials after S seconds")
     p.add_argument("--study", metavar="NAME", help="study name (default: the config's run_name)")
@@ -269,6 +284,14 @@ def add_search_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--trial-epochs", type=int, default=None, metavar="E",
                    help="epochs per trial (default: the config's epochs)")
     p.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+    p.add_argument("--storage", metavar="URL",
+                   help="where the study lives, shared by every worker: sqlite:///search/S.db "
+                   "(one machine), journal:search/S.journal (a shared file system such as NFS; "
+                   "paths are inside the workspace), postgresql://... or mysql+pymysql://... "
+                   "(several machines). Default: search/<study>.db, copied to Drive in Colab")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="this worker's device: cpu, cuda or cuda:N (default: the first GPU "
+                   "CUDA_VISIBLE_DEVICES leaves visible, else the CPU)")
     return p
 
 
@@ -364,23 +387,38 @@ def _check_names(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _main(args)
+    except Exception as exc:  # a bug or the machine: torchrun shows the traceback, we the rank
+        if _rank_tag():
+            print(f"error{_rank_tag()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise
+
+
+def _rank_tag() -> str:
+    """" on rank R of N" under torchrun, where every rank prints its own failure; else ""."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" on rank {os.environ.get('RANK', '?')} of {world}" if world != "1" else ""
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         _check_names(args)
         return args.func(args)
     except RunNotFoundError as exc:
         # The library's message names the Python call; at a shell, name the command.
         where = f" --workspace {args.workspace}" if getattr(args, "workspace", None) else ""
         hint = f"`python -m utils.training runs{where}` lists them (with their ids)"
-        print(f"error: {RunNotFoundError(exc.run, exc.path, hint)}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {RunNotFoundError(exc.run, exc.path, hint)}", file=sys.stderr)
         return 2
     except (ConfigError, DataError, CheckpointError, TrainingDivergedError, ModelLoadError,
             ExperimentDBError, SearchError, SearchSpaceError, ExportError, PlotError,
-            TrainingOutOfMemoryError, WorkspaceError) as exc:
+            TrainingOutOfMemoryError, WorkspaceError, DistributedSetupError) as exc:
         # Errors a person caused or can fix: the message says what to do; a traceback would bury it.
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         # A full disk, a read-only mount, a missing permission: the machine, not the input.
-        print(f"error: {os_error_message(exc, args.command)}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {os_error_message(exc, args.command)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted. Run the same command again to resume from the last checkpoint.",

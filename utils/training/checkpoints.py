@@ -308,6 +308,7 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep = max(1, keep)
         self.staging = staging
+        self.writable = create  # False: never moves a file either (a resume on rank > 0)
         if create:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._remove_stale_temp_files()
@@ -487,7 +488,7 @@ def restore(config: TrainingConfig, manager: CheckpointManager | None,
     if config.resume == "never" or (config.resume == "auto" and manager is None):
         return None
     if config.resume == "auto":
-        found = manager.latest(set_aside=True)  # corrupt ones move to set-aside/
+        found = manager.latest(set_aside=manager.writable)  # corrupt ones move to set-aside/
         if found is None:
             say(f"No checkpoint for run '{config.run_name}' yet: starting from scratch.")
             return None
@@ -503,7 +504,7 @@ def restore(config: TrainingConfig, manager: CheckpointManager | None,
             f"{exc}). Resume from the checkpoint before it (resume=<its path>), or start over "
             "with a new run_name."
         ) from exc
-    if manager is not None:
+    if manager is not None and manager.writable:
         step = state["progress"]["global_step"]
         manager.set_aside_after(step, f"this run continues from {path.name} (step {step})")
     return path
@@ -560,14 +561,28 @@ def restore_callbacks(callbacks: Sequence[Callback], saved: Mapping[str, Any]) -
 
 def restore_data_order(sampler: ResumableBatchSampler | None,
                        saved: Mapping[str, Any] | None) -> list[str]:
-    """Continue the data order where the checkpoint stopped. When the batch size or the data
-    changed (a common fix for running out of GPU memory), that order no longer exists: nothing
-    is restored and the changes are returned, so the caller can restart the interrupted epoch."""
+    """Continue the data order where the checkpoint stopped; [] when it did.
+
+    The order is one permutation per epoch, dealt out among the ranks, so a run has consumed
+    its first ``start_batch x batch_size x world_size`` items however many ranks it ran on.
+    Resumed on a different number of ranks it continues exactly when that position falls on
+    a batch boundary of the new layout. When the batch size or the data changed (a common fix
+    for running out of GPU memory), or the position cannot be reached, nothing is restored and
+    the changes are returned, so the caller can restart the interrupted epoch."""
     if not saved or sampler is None:
         return []
     current = sampler.state_dict()
-    changed = [f"{k} {saved[k]} -> {current[k]}" for k in ("batch_size", "n_items")
+    ranks = int(saved.get("world_size", 1))
+    # The batch size may change with the number of ranks (the same global batch on more GPUs).
+    compared = ("batch_size", "n_items") if ranks == sampler.world_size else ("n_items",)
+    changed = [f"{k} {saved[k]} -> {current[k]}" for k in compared
                if k in saved and saved[k] != current.get(k)]
+    consumed = int(saved["start_batch"]) * int(saved["batch_size"]) * ranks
+    if not changed and consumed % (sampler.batch_size * sampler.world_size):
+        changed.append(f"ranks x batch_size {ranks} x {saved['batch_size']} -> "
+                       f"{sampler.world_size} x {sampler.batch_size}, mid-batch")
     if not changed:
-        sampler.load_state_dict(dict(saved))
+        sampler.load_state_dict({**saved, "batch_size": sampler.batch_size,
+                                 "start_batch": consumed // (sampler.batch_size
+                                                             * sampler.world_size)})
     return changed

@@ -82,11 +82,11 @@ class TrainingDashboard:
         max_grad_norm: float | None = None,
         precision: str | None = None,
         evaluations: pd.DataFrame | None = None,
+        world_size: int = 1,
     ) -> None:
-        """``precision``: what the run trained in (bf16, fp16, fp32); the config may only say
-        "auto", which names no precision. ``evaluations``: a step-cadence run's evaluations
-        (``eval_every_steps``; step, val loss, ...): the loss and perplexity panels then plot
-        them against the optimizer step, with the batch loss, instead of per epoch."""
+        """``precision``: what the run trained in (the config may say "auto"). ``world_size``:
+        its DDP processes, each with ``batch_size`` sequences. ``evaluations``: a step-cadence
+        run's (step, val loss, ...): the loss and perplexity panels plot them per step."""
         if not isinstance(summary, pd.DataFrame):
             raise PlotError(
                 f"TrainingDashboard needs the per-epoch summary as a pandas DataFrame (got "
@@ -120,7 +120,7 @@ class TrainingDashboard:
         if max_grad_norm is None:
             max_grad_norm = self.config.get("max_grad_norm")
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm is not None else None
-        self.precision = precision or None
+        self.precision, self.world_size = precision or None, int(world_size or 1)
         self.figure: Figure | None = None
         self.panels: dict[str, Any] = {}  # panel name -> its (main) Axes, filled by plot()
 
@@ -157,6 +157,7 @@ class TrainingDashboard:
         kwargs.setdefault("run_name", str(run.get("name") or ""))
         kwargs.setdefault("config", config)
         kwargs.setdefault("precision", (run.get("summary") or {}).get("precision"))
+        kwargs.setdefault("world_size", run.get("world_size") or 1)
         return cls(summary, history, **kwargs)
 
     # ------------------------------------------------------------------ output
@@ -221,7 +222,8 @@ class TrainingDashboard:
             parts.append(f"lr {lr}")
         if "batch_size" in c:
             accum = c.get("grad_accum_steps", 1)
-            parts.append(f"batch {c['batch_size']}" + (f" x {accum} accum" if accum != 1 else ""))
+            parts.append(f"batch {c['batch_size']}" + (f" x {accum} accum" if accum != 1 else "")
+                         + (f" x {self.world_size} ranks (DDP)" if self.world_size > 1 else ""))
         if "block_size" in c:
             parts.append(f"block {c['block_size']}")
         model = [f"{c[k]}{unit}" for k, unit in (("n_layers", "L"), ("n_heads", "H"), ("d_model", "d"))
@@ -533,8 +535,7 @@ def _band(ax: Any, top: float, limit: float) -> None:
 
 def _throughput(ax: Any, epochs: np.ndarray, rate: np.ndarray, style: str, label: str,
                 headroom: float, twin: bool) -> Any:
-    """Tokens/s per epoch, on a twin axis when the panel already shows something else; returns
-    the axis it is on."""
+    """Tokens/s per epoch (on a twin axis when the panel shows something else); its axis."""
     target = ax.twinx() if twin else ax
     target.plot(epochs, rate, style, color=ORANGE, lw=1.8, ms=6, label=label)
     target.yaxis.set_major_formatter(FuncFormatter(_thousands))
@@ -546,11 +547,8 @@ def _throughput(ax: Any, epochs: np.ndarray, rate: np.ndarray, style: str, label
 
 
 def _zoom_past_first_epoch(ax: Any, epochs: np.ndarray, series: list) -> None:
-    """Keep epoch 1's train loss (mostly the first steps at ln(vocab)) from flattening the rest.
-
-    When it towers over the later epochs' spread, the axis is fitted to epochs 2+ and the
-    off-scale points are labelled at the top edge, so no number is hidden.
-    """
+    """Keep epoch 1's train loss (its first steps sit at ln(vocab)) from flattening the rest:
+    when it towers over them, fit the axis to epochs 2+ and label off-scale points at the top."""
     if len(epochs) < 4:
         return
     rest = np.concatenate([v[1:] for _, _, v in series])

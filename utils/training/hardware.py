@@ -5,12 +5,13 @@ precision is made here, once, from the hardware, and printed with its reason so 
 to guess why a run is slow or why it uses a grad scaler. And what cannot work on this machine
 (fp16 without a GPU, a model or synthetic data bigger than memory) is refused here, through
 ``TrainingConfig.validate(machine)``, before any data is loaded or any memory allocated.
-What the process meets while training is here too: one device only, Ctrl-C, and running out
-of GPU memory, each turned into something a person can act on.
+What the process meets while training is here too: its place in a torchrun launch (DDP),
+Ctrl-C, and running out of GPU memory, each turned into something a person can act on.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import threading
@@ -18,8 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from .errors import PersonFacing
 from .training_config import PRECISIONS, ConfigError, TrainingConfig
@@ -337,13 +340,139 @@ class TrainingOutOfMemoryError(PersonFacing, torch.cuda.OutOfMemoryError):
     error, so code that already catches that (the search's trials) keeps working."""
 
 
-def refuse_multi_process() -> None:
-    """Training runs on one device: a torchrun launch is refused rather than run N times over."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError(
-            "This Trainer runs on one device; multi-process (torchrun/DDP) training is not "
-            "built yet. Run it without torchrun."
-        )
+# --------------------------------------------------------------------------- torchrun (DDP)
+
+# How long a collective waits for a rank that does not arrive: a rank that died is normally
+# noticed by torchrun at once (it stops the others); this ends a rank that hangs. Rank 0 alone
+# tokenizes a new corpus while the others wait, so it is long.
+DIST_TIMEOUT_MINUTES = float(os.environ.get("TRANSFORMER_TRAINING_DIST_TIMEOUT_MINUTES", "30"))
+
+
+class DistributedSetupError(PersonFacing, RuntimeError):
+    """A multi-process launch that cannot work as started."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun launch. The default, one process, is the null
+    stand-in: every collective below returns its input, so the loop has one code path."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    cpu_group: Any = None  # gloo group for host-side counts (NCCL reduces GPU tensors only)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, the database, W&B, plots, and prints."""
+        return self.rank == 0
+
+    def device(self) -> str | None:
+        """One GPU per local rank; None (the usual choice) on one process or without a GPU."""
+        return f"cuda:{self.local_rank}" if self.enabled and torch.cuda.is_available() else None
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        # No buffer broadcast in forward: it is a collective, and evaluation, where ranks hold
+        # different numbers of batches, must have none (buffers are synced once, at wrapping).
+        # torch 2.13 names it forward_sync_buffers; older releases, broadcast_buffers.
+        ids = [device] if device.type == "cuda" else None
+        try:
+            return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        except TypeError:
+            return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def describe_batch(self, config: TrainingConfig) -> str:
+        """The global batch, for the trainer's plan line (nothing on one process)."""
+        if not self.enabled:
+            return ""
+        c, n = config, self.world_size
+        return (f"\nGlobal batch: {c.batch_size} x {c.grad_accum_steps} accumulation x {n} ranks"
+                f" = {c.batch_size * c.grad_accum_steps * n} sequences per step (DDP)")
+
+    def no_sync(self, model: nn.Module) -> AbstractContextManager:
+        """Skip DDP's gradient all-reduce (the micro-steps before an accumulation's last)."""
+        return model.no_sync() if self.enabled else nullcontext()  # type: ignore[operator]
+
+    def sum_int(self, value: int) -> int:
+        """``value`` summed over the ranks, on the host (a micro-batch group's token count)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(t, group=self.cpu_group)
+        return int(t.item())
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is on any one (Ctrl-C, a callback's stop): ranks that
+        disagree about stopping would wait for each other forever."""
+        return bool(self.sum_int(int(bool(flag)))) if self.enabled else flag
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a device tensor over the ranks in place; queued, like any kernel (no host wait)."""
+        if self.enabled:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier(group=self.cpu_group)
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (it may write: tokens, a set-aside checkpoint), then the
+        others, which find its work done and only read."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+
+_DISTRIBUTED: Distributed | None = None
+
+
+def distributed() -> Distributed:
+    """This process's :class:`Distributed`. Launched by torchrun (WORLD_SIZE > 1), the first
+    call sets up the process group from torchrun's environment: NCCL when there are GPUs (one
+    per local rank), gloo otherwise, with a timeout so that no rank waits forever."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not torch.distributed.is_initialized():
+        raise DistributedSetupError(
+            f"WORLD_SIZE={world} is set, but {', '.join(missing)} is not: this process was not "
+            "started by torchrun. Launch with `torchrun --nproc_per_node N -m utils.training "
+            "train --config FILE`, or unset WORLD_SIZE to train in one process.")
+    global _DISTRIBUTED
+    if _DISTRIBUTED is None or not torch.distributed.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        timeout = datetime.timedelta(minutes=DIST_TIMEOUT_MINUTES)
+        if not torch.distributed.is_initialized():
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.set_device(local_rank)
+            torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        backend = torch.distributed.get_backend()
+        cpu_group = (torch.distributed.new_group(backend="gloo", timeout=timeout)
+                     if backend != "gloo" else None)
+        _DISTRIBUTED = Distributed(torch.distributed.get_rank(), local_rank,
+                                   torch.distributed.get_world_size(), cpu_group)
+    return _DISTRIBUTED
+
+
+def end_distributed() -> None:
+    """Tear the process group down at a clean exit (after an error torchrun ends the ranks)."""
+    global _DISTRIBUTED
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _DISTRIBUTED = None
 
 
 @contextmanager

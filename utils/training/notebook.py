@@ -140,12 +140,32 @@ def apply_budget(config: TrainingConfig, mode: str, budget: str = "epochs", amou
 
 
 def export_run(session: TrainingSession, download: bool = True) -> Path:
-    """Bundle (weights, config, tokenizer, README) and a zip with the dashboard and metrics."""
+    """Bundle (weights, config, tokenizer, README) and a zip with the dashboard and metrics;
+    then the command that carries this run on where one GPU is not enough."""
     archive = export_archive(session, session.workspace, session.db)
     print(f"Archive: {archive}")
     if download:
         start_download(archive)
+    if session.workspace is not None:
+        print(multi_gpu_command(session.config, session.workspace))
     return archive
+
+
+def multi_gpu_command(config: TrainingConfig, workspace: Workspace) -> str:
+    """How to carry this run on, on a machine with several GPUs: the same config, data cache,
+    history and checkpoints, another launch command (README: "From Colab to a multi-GPU box")."""
+    c = config
+    return (
+        f"\nTo go on with {c.run_name!r} on a machine with several GPUs, copy the folder "
+        f"{workspace.root} there (its history, checkpoints and token cache carry on), and from "
+        "a checkout of this library run, with N your number of GPUs:\n"
+        f"  torchrun --nproc_per_node N -m utils.training train "
+        f"--config WORKSPACE/configs/{c.run_name}.json --workspace WORKSPACE\n"
+        f"batch_size is per GPU: the global batch is {c.batch_size} x {c.grad_accum_steps} "
+        "(grad_accum_steps) x N sequences. To keep this run's, add --set grad_accum_steps=... "
+        "or --set batch_size=... divided by N; a checkpoint resumes exactly on any N when "
+        "batch_size x N stays the same."
+    )
 
 
 def show_search_results(search: Any, *, train_best: bool = False, workspace: Any = None,

@@ -33,13 +33,14 @@ class StepPlan:
     warmup_steps: int
     budget: str  # "epochs", "steps" or "tokens": the one that ends the run first
     budgeted: bool  # max_steps or max_tokens is set: the run stops at total_steps
+    tokens_per_step: int  # the global batch's: every rank's, under DDP
 
     def describe(self, config: TrainingConfig, steps_per_epoch: int) -> str:
         """One line for the plan: which budget won, against what."""
         if not self.budgeted:
             return f"Budget: {config.epochs} epochs ({self.total_steps:,} steps)"
         offers = {"steps": config.max_steps,
-                  "tokens": math.ceil(config.max_tokens / config.tokens_per_step),
+                  "tokens": math.ceil(config.max_tokens / self.tokens_per_step),
                   "epochs": config.epochs * steps_per_epoch}
         others = ", ".join(f"{name} {steps:,}" for name, steps in offers.items()
                            if name != self.budget and (steps or name == "epochs"))
@@ -50,20 +51,22 @@ class StepPlan:
                 f"(~{self.total_steps / steps_per_epoch:.2f} epochs; the others offer {others})")
 
 
-def plan_steps(config: TrainingConfig, steps_per_epoch: int) -> StepPlan:
+def plan_steps(config: TrainingConfig, steps_per_epoch: int, world_size: int = 1) -> StepPlan:
     """The run's real number of optimizer steps: the smallest of max_steps, max_tokens (in steps
-    of ``tokens_per_step``, rounded up) and ``epochs * steps_per_epoch``. Warmup and cosine span
+    of ``tokens_per_step`` times the ``world_size`` ranks, rounded up) and ``epochs * steps_per_epoch``. Warmup and cosine span
     exactly it, so the learning rate reaches its floor at the last step whichever budget wins.
     Without a step or token budget this is today's epoch arithmetic, unchanged."""
     offers = {"epochs": config.epochs * steps_per_epoch}
     if config.max_steps:
         offers["steps"] = config.max_steps
+    tokens_per_step = config.tokens_per_step * world_size
     if config.max_tokens:
-        offers["tokens"] = math.ceil(config.max_tokens / config.tokens_per_step)
+        offers["tokens"] = math.ceil(config.max_tokens / tokens_per_step)
     # On a tie a named budget wins over epochs: it is what the person asked for.
     budget = min(offers, key=lambda name: (offers[name], name == "epochs"))
     total = offers[budget]
-    return StepPlan(total, round(config.warmup_ratio * total), budget, len(offers) > 1)
+    return StepPlan(total, round(config.warmup_ratio * total), budget, len(offers) > 1,
+                    tokens_per_step)
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig, device: torch.device) -> torch.optim.AdamW:

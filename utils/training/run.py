@@ -26,7 +26,7 @@ from .checkpoints import CheckpointManager, seed_everything
 from .dashboard import TrainingDashboard
 from .data import TokenData, Tokenizer, load_token_data, make_dataloaders
 from .experiment_db import ExperimentDB, ExperimentDBError
-from .hardware import validate_for_hardware
+from .hardware import distributed, validate_for_hardware
 from .live_plotting import LivePlotter
 from .metrics_tracker import MetricsTracker, NoDatabase
 from .models import model_from_config
@@ -131,25 +131,30 @@ def prepare(
     a shared config file cannot switch it on."""
     config = validate_config(config)  # fp16 on a CPU, a model too big: refused before data loads
     if data is None:
-        data = load_token_data(config, workspace, tokenizer=_saved_tokenizer(config, workspace))
+        # Under torchrun rank 0 tokenizes and caches; the other ranks then read its cache.
+        with distributed().main_first():
+            data = load_token_data(config, workspace,
+                                   tokenizer=_saved_tokenizer(config, workspace))
     return _build(config, workspace, data, trust)
 
 
 def _build(config: TrainingConfig, workspace: Workspace | None, data: TokenData,
            trust: bool) -> Prepared:
     config = record_data_settings(config, data)
-    if workspace is not None:
+    dist = distributed()
+    writes = workspace is not None and dist.is_main  # rank 0 alone writes files
+    if writes:
         save_config(config, workspace)
     train_loader, val_loader = make_dataloaders(
         data.train_ids, data.val_ids, config.block_size, config.batch_size, config.seed,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available(), rank=dist.rank, world_size=dist.world_size,
     )
     # Seed right before building so the initial weights depend on the seed alone, not on how
     # much randomness loading the data happened to use.
     seed_everything(config.seed)
     cache_dir = workspace.root / "models" if workspace is not None else None
     model = model_from_config(config, data.tokenizer.vocab_size, trust=trust, cache_dir=cache_dir)
-    if workspace is not None:
+    if writes:
         # Next to the checkpoints: the run's ids mean nothing without the tokenizer that made them.
         run = CheckpointManager(workspace.run_dir(config.run_name), create=False)
         data.tokenizer.save(run.tokenizer_path)
@@ -216,7 +221,11 @@ class TrainingSession:
         data: TokenData | None = None,
     ) -> TrainingSession:
         """Everything up to the first step. ``wandb=False`` forces W&B off (search trials).
-        A config that :func:`validate_config` already passed is not judged again."""
+        A config that :func:`validate_config` already passed is not judged again. Under
+        torchrun, ranks other than 0 train without the database, W&B, plots, callbacks or
+        output: rank 0 records the run."""
+        if not distributed().is_main:
+            db, live_plot, progress, verbose, callbacks, wandb = None, False, False, False, (), False
         prepared = prepare(config, workspace, trust=trust, data=data)
         config = prepared.config  # with what the data fixed (a token cache's tokenizer)
         if verbose:
@@ -250,6 +259,7 @@ class TrainingSession:
         else:
             tracker.run_id = database.start_run(
                 config, tags=tags, study=study, resume_run_id=tracker.run_id,
+                world_size=trainer.dist.world_size,
             )
         session = cls(config, workspace, prepared.data, prepared.model, trainer, tracker, plotter,
                       database, use_wandb=use_wandb)
@@ -289,7 +299,7 @@ class TrainingSession:
         finally:
             if status in M.FAILED_STATUSES:
                 self.tracker.abort(status)
-        if self.workspace is not None:
+        if self.workspace is not None and self.trainer.dist.is_main:
             self.save_metrics_csv()
         return self.result
 
@@ -300,6 +310,7 @@ class TrainingSession:
             self.tracker, run_name=self.config.run_name, config=self.config.to_dict(),
             max_grad_norm=self.config.max_grad_norm or None,
             precision=self.trainer.precision.name,  # what "auto" chose on this hardware
+            world_size=self.trainer.dist.world_size,
         )
 
     def save_dashboard(self, path: str | Path | None = None, show: bool = True) -> Path:

@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +49,9 @@ from .hardware import (
     configure_backends,
     deferred_interrupt,
     device_description,
+    distributed,
     explain_out_of_memory,
     peak_flops,
-    refuse_multi_process,
 )
 from .models.gpt import generate
 from .optimizer import build_optimizer, lr_at, plan_steps
@@ -90,21 +91,20 @@ class Trainer:
         progress: bool = True,
         verbose: bool = True,
     ) -> None:
-        refuse_multi_process()
-        self.config = config
-        self.train_loader = train_loader
-        self.val_loader = val_loader
+        self.dist = distributed()  # one process, or this rank of a torchrun launch
+        self.config, self.workspace, self.tokenizer = config, workspace, tokenizer
+        self.train_loader, self.val_loader = train_loader, val_loader
         self.callbacks = list(callbacks)
-        self.workspace = workspace
-        self.tokenizer = tokenizer
-        self.progress = progress
-        self.verbose = verbose
+        self.progress, self.verbose = progress and self.dist.is_main, verbose and self.dist.is_main
 
-        self.device = choose_device(str(device) if device else None)
+        self.device = choose_device(str(device) if device else self.dist.device())
         configure_backends(self.device)
         self.precision: Precision = choose_precision(config.precision, self.device)
         self.raw_model = model.to(self.device)
-        self.model = torch.compile(model) if config.compile else model
+        # DDP first, then compile: the compiled graph then breaks at DDP's gradient buckets
+        # and overlaps their all-reduce with the backward pass.
+        self._ddp = self.dist.wrap(self.raw_model, self.device)
+        self.model = torch.compile(self._ddp) if config.compile else self._ddp
         self.optimizer = build_optimizer(self.raw_model, config, self.device)
         # Disabled scaler is a no-op pass-through, so the step code has one path for all dtypes.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
@@ -116,33 +116,30 @@ class Trainer:
         val_sampler = getattr(val_loader, "sampler", None)
         self._val_sampler = val_sampler if isinstance(val_sampler, ResumableBatchSampler) else None
         self.micro_batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
-        accum = config.grad_accum_steps
-        self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch / accum))
+        self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch
+                                                / config.grad_accum_steps))
         # The real number of optimizer steps (epochs, max_steps or max_tokens: the first to end).
-        self.plan = plan_steps(config, self.steps_per_epoch)
+        self.plan = plan_steps(config, self.steps_per_epoch, self.dist.world_size)
         self.total_steps, self.warmup_steps = self.plan.total_steps, self.plan.warmup_steps
 
         flops = getattr(self.raw_model, "flops_per_token", None)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.flops_per_token = flops() if callable(flops) else 6 * n_params
-        self.peak_flops = peak_flops(self.device)
+        peak = peak_flops(self.device)  # one GPU's; MFU is per GPU: the job's flops / N peaks
+        self.peak_flops = peak * self.dist.world_size if peak else None
 
         # Progress, all of it saved in checkpoints.
         self.epoch = 0  # the epoch in progress (0-based)
         self.batch_in_epoch = 0  # micro-batches of `epoch` already consumed
         self.global_step = 0  # optimizer steps taken
         self.history: list[dict[str, float]] = []
-        self.best_val_loss = math.inf
-        self.best_epoch = 0
-        self.best_step = 0
+        self.best_val_loss, self.best_epoch, self.best_step = math.inf, 0, 0
         self.epochs_without_improvement = 0  # evaluations without improvement, in truth
         self.evaluations: list[dict[str, float]] = []  # rows of the step-cadence evaluations
-        self.should_stop = False  # set by early stopping or by a callback
+        self.should_stop = self._early_stopped = False  # should_stop: early stopping or a callback
         self._interrupt = Interrupt()  # what Ctrl-C asked during the fit() in progress
-        self._early_stopped = False
         self.samples: list[str] = []
-        self._epoch_acc = dict(_EPOCH_ACC)
-        self._eval_acc = dict(_EVAL_ACC)
+        self._epoch_acc, self._eval_acc = dict(_EPOCH_ACC), dict(_EVAL_ACC)
         self._best_pending = False  # improved at an epoch's last step: _end_epoch marks it best
         # Steps not yet read from the device, and the NaN guard's flag, which lives there.
         self._pending: list[dm.PendingStep] = []
@@ -150,18 +147,19 @@ class Trainer:
         self._bar: tqdm = tqdm(disable=True)
         self._elapsed_before = 0.0  # training seconds from earlier processes of this run
 
+        # Every rank reads the run's checkpoint; rank 0 alone writes (and sweeps) the folder.
         self.checkpoints = CheckpointManager(
-            workspace.run_dir(config.run_name), keep=config.keep_checkpoints,
-            staging=workspace.staging,
+            workspace.run_dir(config.run_name, create=self.dist.is_main),
+            keep=config.keep_checkpoints, staging=workspace.staging, create=self.dist.is_main,
         ) if workspace is not None else None
         self.last_checkpoint: Path | None = None
-        self._saved_step = -1
-        self._fit_started = False
+        self._saved_step, self._fit_started = -1, False
         self._finished_said = False  # already told the user there is nothing to train
         self._seconds_at_start = 0.0  # training seconds the run had when this fit() began
         # Last: a trainer is built where its run stands, so the notebook's set-up cell (and
         # TrainingSession.create) can say where training will continue before fit() runs.
-        self._resumed_from = self._resume()
+        with self.dist.main_first():  # rank 0 may set a corrupt checkpoint aside first
+            self._resumed_from = self._resume()
 
     # ------------------------------------------------------------------ public API
 
@@ -183,7 +181,8 @@ class Trainer:
         self._say(
             f"Device: {device_description(self.device)}\nPrecision: {self.precision}\n"
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
-            f"({cfg.tokens_per_step:,} tokens/step), warmup {self.warmup_steps} steps"
+            f"({cfg.tokens_per_step * self.dist.world_size:,} tokens/step), warmup "
+            f"{self.warmup_steps} steps" + self.dist.describe_batch(cfg)
             + (f"\n{self.plan.describe(cfg, self.steps_per_epoch)}" if self.plan.budgeted else "")
         )
 
@@ -200,6 +199,7 @@ class Trainer:
                 cut = self._budget_spent() or self._early_stopped
                 if self.batch_in_epoch >= self.micro_batches_per_epoch or not cut:
                     self._end_epoch()
+                self.should_stop = self.dist.any(self.should_stop)  # a callback on rank 0
                 if self.should_stop:
                     status = "early_stopped" if self._early_stopped else "stopped"
                 if self.should_stop or self._budget_spent():
@@ -229,8 +229,8 @@ class Trainer:
 
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: int | None = None, seed: int | None = None) -> list[int]:
-        """Sample a continuation. Uses its own generator: sampling never disturbs the RNG stream
-        that training depends on, so samples do not break exact resume."""
+        """Sample a continuation with its own generator: training's RNG stream (and so exact
+        resume) is never disturbed."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.config.seed if seed is None else seed)
         idx = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=self.device)[None]
@@ -242,10 +242,8 @@ class Trainer:
         return out[0].tolist()
 
     def time_steps(self, n_steps: int = 5) -> float:
-        """Median seconds per optimizer step over ``n_steps`` real steps, after one warm-up step
-        (which pays for compilation and allocator growth); the median shrugs off a step slowed
-        by another process. It trains this trainer's model: use a throwaway one, as
-        ``estimate_training_time`` does."""
+        """Median seconds per optimizer step over ``n_steps`` real steps, after a warm-up step
+        (compilation, allocator growth). It trains the model: use a throwaway trainer."""
         groups = self._groups(iter(self.train_loader))
         self.model.train()
         self._optimizer_step(next(groups))
@@ -272,6 +270,7 @@ class Trainer:
         try:
             for group in self._groups(batches):
                 self._optimizer_step(group)
+                self._interrupt.requested = self.dist.any(self._interrupt.requested)
                 epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
                 eval_due = self._eval_due()
                 # Read every log_every_steps steps and before an evaluation, an epoch row or a stop.
@@ -361,9 +360,8 @@ class Trainer:
         return False
 
     def _epoch_batches(self) -> Iterator:
-        """This epoch's batches from where the run stopped. Our sampler starts mid-epoch by
-        itself; any other loader (a user's own, a DistributedSampler) has the batches already
-        seen skipped, which is exact only when its order is fixed per epoch."""
+        """This epoch's batches from where the run stopped. Our sampler starts mid-epoch; any
+        other loader has the batches already seen skipped (exact if its order is per epoch)."""
         if self._sampler is not None:
             self._sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             return iter(self.train_loader)
@@ -392,15 +390,21 @@ class Trainer:
         # Weight every token equally across the group: dividing each micro-batch's *sum* by the
         # group's token count gives exactly the gradient of one big batch, even when micro-batches
         # hold different numbers of tokens (a per-micro-batch mean would not).
-        group_tokens = sum(int((t != IGNORE_INDEX).sum()) for _, t in group)
+        # Under DDP the count is the global batch's, and each rank's loss is scaled by the number
+        # of ranks, which DDP's gradient averaging divides out again.
+        group_tokens = self.dist.sum_int(sum(int((t != IGNORE_INDEX).sum()) for _, t in group))
+        ranks = self.dist.world_size
         # A second Ctrl-C can stop a step half-way through its backward passes; start clean so
         # running the cell again does not add to those partial gradients.
         self.optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
-        for inputs, targets in group:
+        for i, (inputs, targets) in enumerate(group):
             loss = self._forward(inputs, targets)[0] / group_tokens
-            self.scaler.scale(loss).backward()
+            # DDP all-reduces the gradients once, after the group's last backward pass.
+            with self.dist.no_sync(self._ddp) if i < len(group) - 1 else nullcontext():
+                self.scaler.scale(loss * ranks).backward()
             loss_total += loss.detach()
+        self.dist.sum_(loss_total)  # the global batch's mean loss on every rank
         # The NaN guard, on the device: a non-finite loss sets a flag that stays set until the
         # host reads it (and stops), so neither this step nor a later unread one moves a weight.
         self._diverged |= ~torch.isfinite(loss_total)
@@ -535,12 +539,14 @@ class Trainer:
                       f"{self.epoch + 1} starts again from its beginning.")
             self.batch_in_epoch = 0
             self._epoch_acc = dict(_EPOCH_ACC)
+        elif not changed and self._sampler is not None and self._sampler.epoch == self.epoch:
+            self.batch_in_epoch = self._sampler.start_batch  # counted in this run's batches
         restore_callbacks(self.callbacks, state.get("callbacks", {}))
         restore_rng_state(state["rng"])
 
     def _save(self, kind: str, best: bool = False) -> Path | None:
         """Save a checkpoint; ``best``: it holds the best evaluation so far, so mark it best."""
-        if self.checkpoints is None:
+        if self.checkpoints is None or not self.dist.is_main:
             return None
         self._deliver(self._read_steps())  # first: a resume then logs the same rows
         self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
@@ -551,13 +557,11 @@ class Trainer:
         return self.last_checkpoint
 
     def resume(self) -> Path | None:
-        """The checkpoint this trainer continues from (None: a fresh start). Loading happened
-        when it was built, so this costs nothing: the notebook's set-up cell may ask."""
+        """The checkpoint this trainer continues from (None: a fresh start), loaded when built."""
         return self._resumed_from
 
     def _resume(self) -> Path | None:
-        """Load the checkpoint ``config.resume`` points at (``checkpoints.restore`` decides
-        which) and say where training will continue."""
+        """Load the checkpoint ``checkpoints.restore`` picks; say where training continues."""
         path = restore(self.config, self.checkpoints, self.load_state_dict, self._say)
         if path is None:
             return None
@@ -571,15 +575,13 @@ class Trainer:
 
     @property
     def stopped_early(self) -> bool:
-        """Early stopping ended this run: its patience ran out, in this process or in the one
-        that wrote the checkpoint it resumed from (the count is part of the saved progress)."""
+        """Its patience ran out, here or in the process whose checkpoint it resumed from."""
         return 0 < self.config.early_stopping_patience <= self.epochs_without_improvement
 
     @property
     def finished(self) -> bool:
-        """Every planned epoch is done, or early stopping ended the run: ``fit`` would have
-        nothing to train. Without the second half a rerun of an early-stopped run would train
-        one more epoch, stop again, and do the same on every rerun."""
+        """Every planned epoch is done, or early stopping ended the run (else every rerun of an
+        early-stopped run would train one more epoch): ``fit`` would have nothing to train."""
         # A budget spent at an epoch's last step still owes that epoch's row.
         budget_done = self._budget_spent() and self.batch_in_epoch < self.micro_batches_per_epoch
         return self.epoch >= self.config.epochs or self.stopped_early or budget_done
@@ -588,8 +590,6 @@ class Trainer:
         return report.finished_note(self.config, self.epoch, self.epochs_without_improvement,
                              self.best_val_loss, self.best_epoch, stopped_early=self.stopped_early,
                              budget_done=self._budget_spent())
-
-    # ------------------------------------------------------------------ misc
 
     def _trained_seconds(self) -> float:
         """Training seconds over all sessions: finished epochs plus the one in progress."""

@@ -333,9 +333,12 @@ class Workspace:
 
     @classmethod
     def setup(
-        cls, root: str | Path | None = None, mount_drive: bool = True, verbose: bool = True
+        cls, root: str | Path | None = None, mount_drive: bool = True, verbose: bool = True,
+        create: bool = True,
     ) -> Workspace:
         """Pick the workspace and create its folders; prints one line saying where and why.
+        ``create=False`` only looks: the ranks of a torchrun launch other than 0, which write
+        nothing (and must not sweep the temp files rank 0 is writing).
 
         An explicit ``root`` always wins; Drive is only mounted when it is needed (no root, or a
         root under the Drive mount point). Failing to mount is not fatal: the run goes on in a
@@ -367,8 +370,9 @@ class Workspace:
                 else:
                     note = why
             ws = cls(root=local_root, on_drive=False, staging=local_root, note=note)
-        ws._make_folders()
-        ws.sweep_temp_files()
+        if create:
+            ws._make_folders()
+            ws.sweep_temp_files()
         if verbose:
             print(ws.describe())
         return ws

@@ -142,7 +142,9 @@ class ResumableBatchSampler:
     (drop_last=False) or truncated (drop_last=True) to a multiple of world_size, and rank r takes
     every world_size-th index from position r. Every rank then has the same number of batches,
     which DDP needs (a rank with one batch more would hang in all-reduce); padding repeats at
-    most world_size - 1 items per epoch. drop_last also drops the last short batch.
+    most world_size - 1 items per epoch. drop_last also drops the last short batch. Evaluation
+    needs no lockstep: with ``pad=False`` each item is on exactly one rank, so a validation loss
+    summed over the ranks is the one-process loss.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class ResumableBatchSampler:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ) -> None:
         if batch_size < 1 or n_items < 0:
             raise ValueError(f"Need batch_size >= 1 and n_items >= 0, got {batch_size}, {n_items}.")
@@ -161,7 +164,7 @@ class ResumableBatchSampler:
             raise ValueError(f"rank {rank} is not in 0..world_size-1 ({world_size=}).")
         self.n_items, self.batch_size, self.seed = int(n_items), int(batch_size), int(seed)
         self.shuffle, self.drop_last = shuffle, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 0
         self.start_batch = 0  # batches of `epoch` already handed out
 
@@ -169,6 +172,8 @@ class ResumableBatchSampler:
     def items_per_rank(self) -> int:
         if self.drop_last:
             return self.n_items // self.world_size
+        if not self.pad:  # the first n_items % world_size ranks hold one more
+            return len(range(self.rank, self.n_items, self.world_size))
         return math.ceil(self.n_items / self.world_size)
 
     def __len__(self) -> int:
@@ -186,7 +191,9 @@ class ResumableBatchSampler:
             perm = torch.randperm(self.n_items, generator=g)
         else:
             perm = torch.arange(self.n_items)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad:
+            perm = perm[self.rank :: self.world_size]
+        elif self.world_size > 1:
             total = self.items_per_rank * self.world_size
             if total > perm.numel():  # pad by wrapping around (tiny datasets may wrap twice)
                 perm = perm.repeat(math.ceil(total / max(perm.numel(), 1)))
@@ -216,6 +223,7 @@ class ResumableBatchSampler:
             "start_batch": self.start_batch,
             "n_items": self.n_items,
             "batch_size": self.batch_size,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -249,7 +257,7 @@ def make_dataloaders(
     num_workers=0 on purpose: a batch is a single gather of B rows (microseconds against a
     step), so worker processes would only add start-up time, pickling and RNG state to manage.
     drop_last applies to training only when there is at least one full batch per rank;
-    validation keeps every block so its loss covers all of it.
+    validation keeps every block, each on one rank, so its loss covers all of it, once.
     """
     train_blocks = BlockDataset(train_ids, block_size, name="training split")
     val_blocks = BlockDataset(val_ids, block_size, name="validation split")
@@ -263,7 +271,8 @@ def make_dataloaders(
         world_size=world_size,
     )
     val_sampler = ResumableBatchSampler(
-        len(val_blocks), batch_size, seed, shuffle=False, rank=rank, world_size=world_size
+        len(val_blocks), batch_size, seed, shuffle=False, rank=rank, world_size=world_size,
+        pad=False,
     )
     # Pinning needs a GPU; asking for it without one only earns a warning per loader.
     pin = pin_memory and torch.cuda.is_available()
