@@ -19,7 +19,7 @@ FLOORS = {
     "metrics_tracker": 3, "gpu": 3, "wandb_setup": 3,
     "plot_style": 4, "live_plotting": 4, "dashboard": 4, "history": 4,
     "trainer": 5, "optimizer": 5, "training_result": 5, "device_metrics": 5,
-    "run": 6, "search": 6, "search_space": 6, "search_result": 6,
+    "run": 6, "search": 6, "search_space": 6, "search_result": 6, "search_storage": 6,
     "export": 6, "notebook": 6, "notebook_run": 6, "__main__": 6, "__init__": 6,
 }
 

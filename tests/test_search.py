@@ -230,10 +230,10 @@ def test_rerun_continues_the_study_after_a_disconnect(config, tmp_path):
 def test_a_trial_left_running_by_a_dead_worker_is_failed_and_replaced(config, workspace,
                                                                       monkeypatch):
     # A disconnect mid-trial leaves it "running" with no worker; its heartbeat goes stale.
-    import utils.training.search_result as search_result
+    import utils.training.search_storage as search_storage
 
-    monkeypatch.setattr(search_result, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(search_result, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(search_storage, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search_storage, "GRACE_SECONDS", 1)
     study = create_search_study(config, workspace, space=LR_SPACE)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() is not optimize()
         zombie = study.ask()

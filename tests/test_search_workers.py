@@ -21,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 import utils.training.search as search
-import utils.training.search_result as search_result
+import utils.training.search_storage as search_storage
 from utils.training.__main__ import main
 from utils.training.experiment_db import ExperimentDB
 from utils.training.search import (
@@ -162,8 +162,8 @@ def test_a_trial_left_running_by_a_dead_process_on_this_machine_is_replaced_at_o
 def test_a_journal_trial_left_running_by_a_dead_worker_is_failed_and_replaced(
         config, workspace, monkeypatch):
     # Optuna's journal storage has no heartbeat of its own: ours fails the zombie.
-    monkeypatch.setattr(search_result, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(search_result, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(search_storage, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search_storage, "GRACE_SECONDS", 1)
     storage = "journal:search/zombie.journal"
     study = create_search_study(config, workspace, space=LR_SPACE, storage=storage)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() is not optimize()

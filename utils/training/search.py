@@ -40,15 +40,9 @@ from .search_result import (
     FINISHED,
     INTERRUPTED,
     SKIPPED,
-    STORAGE_FORMS,
     SearchResult,
-    StudyStorage,
-    check_storage,
     interrupted_message,
     load_search,
-    open_storage,
-    quiet_optuna,
-    study_path,
     trial_line,
 )
 from .search_space import (
@@ -58,6 +52,14 @@ from .search_space import (
     apply_params,
     default_space,
     parse_space,
+)
+from .search_storage import (
+    STORAGE_FORMS,
+    StudyStorage,
+    check_storage,
+    open_storage,
+    quiet_optuna,
+    study_path,
 )
 from .trainer import TrainingDivergedError
 from .training_config import NOT_HYPERPARAMETERS, RUN_NAME_RE, TrainingConfig
