@@ -2,6 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_tokens.py [--text-mb 2000] [--e2e-mb 200]
         [--tokens 1e9] [--steps 8] [--rounds 4] [--dir /tmp] [--quick]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_tokens.py --txt-mb 100 1000
+        [--txt-tokenizer bpe8192] [--txt-whole-up-to 100]
 
 (a) Tokenizing a generated text file (paragraphs of real Python source, read by `datasets` as
     one row per paragraph into a memory-mapped Arrow file, split 99/1 as a source without a
@@ -13,6 +15,8 @@
     own memory; the memmap's pages are RssFile and belong to the OS page cache) above the
     import baseline, sampled every 1,000 batches over a whole epoch.
 (c) Reopening each cache in a fresh process: seconds (`load_token_data` on the folder).
+(e) With --txt-mb only: a plain .txt file end to end (`load_token_data`), read in pieces and,
+    up to --txt-whole-up-to MB, whole as before pieces: seconds, peak RSS and RssAnon.
 (d) A training step of GPT 4x256, block 256, batch 16 (bf16 autocast where the CPU has it),
     its batch gathered from the 1 B-token memmap against in-RAM blocks (the old path: int64
     ids packed into a contiguous [N, 257] tensor). Contenders alternate (ABBA), medians and
@@ -333,8 +337,61 @@ def part_step(folder: str, steps: int, rounds: int, ram_tokens: int) -> dict:
                 "in-RAM blocks"]) / medians["in-RAM blocks"]}
 
 
+def part_txt(text: str, tokenizer: str, workspace: str, whole: bool) -> dict:
+    """(e) load_token_data end to end on one plain .txt file: read in pieces (text.py), or
+    `whole` as before pieces (one Python string; the path kept for small text)."""
+    import datasets
+
+    from utils.training.data import load_token_data
+    from utils.training.data import text as text_module
+    from utils.training.training_config import TrainingConfig
+    from utils.training.workspace import Workspace
+
+    datasets.disable_progress_bars()
+    if whole:
+        text_module.TEXT_IN_MEMORY_BYTES = 1 << 62
+    ws = Workspace.setup(workspace, mount_drive=False, verbose=False)
+    config = TrainingConfig(data_source="local", data_path=text, tokenizer=tokenizer,
+                            val_fraction=0.01)
+    base = status()
+    reset_peak()
+    started = time.perf_counter()
+    with AnonPeak() as anon:
+        data = load_token_data(config, ws)
+    return {"seconds": time.perf_counter() - started, "peak": status()["VmHWM"] - base["VmRSS"],
+            "anon_peak": anon.peak - base["RssAnon"],
+            "tokens": int(data.train_ids.size + data.val_ids.size)}
+
+
 PARTS = {"tokenize": part_tokenize, "e2e": part_end_to_end, "loader": part_loader,
-         "reopen": part_reopen, "step": part_step}
+         "reopen": part_reopen, "step": part_step, "txt": part_txt}
+
+
+def run_txt(work: Path, sizes: list[float], tokenizer: str, whole_up_to: float) -> list[dict]:
+    """(e) for each size in MB: one generated .txt (paragraphs of stdlib source) in pieces, and
+    whole (the old path) too up to `whole_up_to` MB. `tokenizer` "bpe8192" is a trained BPE."""
+    if tokenizer == "bpe8192":
+        tokenizer = str(work / "bpe8192.json")
+        if not Path(tokenizer).is_file():
+            make_tokenizer(Path(tokenizer))
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf")
+    results = []
+    for mb in sizes:
+        text = work / f"plain-{mb:g}.txt"
+        n_bytes = write_text(text, mb, jsonl=False, seed=2)
+        for whole in ([False, True] if mb <= whole_up_to else [False]):
+            got = child("txt", text=str(text), tokenizer=tokenizer, workspace=str(work / "ws"),
+                        whole=whole)
+            shutil.rmtree(work / "hf", ignore_errors=True)
+            shutil.rmtree(work / "ws", ignore_errors=True)
+            got.update(text_bytes=n_bytes, whole=whole, tokenizer=Path(tokenizer).stem)
+            results.append(got)
+            print(f"(e) {n_bytes / 1e6:,.0f} MB .txt, {'whole' if whole else 'in pieces'}, "
+                  f"{Path(tokenizer).stem}: {got['seconds']:.1f} s, {got['tokens']:,} tokens; "
+                  f"peak RSS {got['peak'] / MB:.0f} MB above the import baseline, RssAnon "
+                  f"peak {got['anon_peak'] / MB:.0f} MB")
+        text.unlink()
+    return results
 
 
 # --------------------------------------------------------------------------- the parent
@@ -351,6 +408,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the reduced size `make bench` runs (about a minute): --text-mb 40 "
                              "--e2e-mb 16 --tokens 1e8 --steps 8 --rounds 2")
+    parser.add_argument("--txt-mb", type=float, nargs="*", default=[],
+                        help="(e) only: plain .txt files of these sizes through load_token_data")
+    parser.add_argument("--txt-tokenizer", default="byte", help="byte, or bpe8192 (trained here)")
+    parser.add_argument("--txt-whole-up-to", type=float, default=0,
+                        help="(e) also reads files up to this many MB whole, the old way")
     parser.add_argument("--child")
     parser.add_argument("--child-args", default="{}")
     args = parser.parse_args()
@@ -366,6 +428,13 @@ def main() -> None:
     work = Path(args.dir) / f"bench-tokens-{os.getpid()}"
     work.mkdir(parents=True)
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+    if args.txt_mb:
+        try:
+            results["txt"] = run_txt(work, args.txt_mb, args.txt_tokenizer, args.txt_whole_up_to)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(results))
+        return
     free = shutil.disk_usage(work).free
     print(f"{os.cpu_count()} CPUs; {free / 1e9:.0f} GB free under {work}")
     try:

@@ -551,3 +551,35 @@ def test_max_samples_streams_only_the_head_of_a_hub_dataset(monkeypatch):
     dd = load_text_data(cfg(data_source="huggingface", dataset_name="some/huge", max_samples=20))
     assert calls == [True]
     assert len(dd["train"]) == 20 and 1 <= len(dd["validation"]) <= 20
+
+
+@pytest.mark.parametrize("content", [b"ok text\n" * 500 + b"\x00", b"caf\xc3\xa9 " * 400 + b"\xff",
+                                     b"x " * 700 + "é".encode()[:1], b" \n\t" * 600])
+def test_text_read_in_pieces_fails_as_text_read_whole(tmp_path, monkeypatch, content):
+    """Binary, non-UTF-8 (the same byte position), cut-off or blank: the same DataError."""
+    from utils.training.data import text as text_module
+
+    (tmp_path / "a.txt").write_bytes(content)
+    errors = []
+    for big in (False, True):
+        monkeypatch.setattr(text_module, "TEXT_IN_MEMORY_BYTES", 0 if big else 1 << 25)
+        monkeypatch.setattr(text_module, "READ_BYTES", 1000)  # the problem is in a later read
+        with pytest.raises(DataError) as caught:
+            load_text_data(cfg(data_path=str(tmp_path / "a.txt")))
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+    assert any(w in errors[0] for w in ("binary", "position", "No text found"))
+
+
+def test_the_preview_of_text_in_pieces_counts_documents(tmp_path, monkeypatch, capsys):
+    from utils.training.data import text as text_module
+    from utils.training.notebook import DataChoice
+
+    monkeypatch.setattr(text_module, "TEXT_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(text_module, "PIECE_CHARS", 40)
+    for i, d in enumerate(docs(8)):
+        (tmp_path / f"d{i}.txt").write_text(d + "\n" + "and then some more words\n" * 9)
+    DataChoice("local").use("local", data_path=str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert out[-4].endswith("train: 7 documents (69 pieces), validation: 1 documents (9 pieces)")
+    assert all(line.startswith("  | document number") for line in out[-3:])

@@ -136,3 +136,49 @@ def test_without_max_tokens_the_hub_dataset_is_not_streamed(hub, monkeypatch):
     data = load_token_data(cfg(max_tokens=0))
     assert data.train_ids.size + data.val_ids.size == sum(len(f"doc {i}") + 1 for i in range(40))
     assert isinstance(data.train_ids, np.ndarray)
+
+
+# --- the data cell's preview: the first rows, streamed ----------------------------------------
+
+
+def preview(**settings):
+    from utils.training.notebook import DataChoice
+
+    data = DataChoice("huggingface")
+    data.use("huggingface", dataset_name="some/huge", dataset_config="", **settings)
+
+
+def test_the_preview_streams_only_the_rows_it_shows(hub, capsys):
+    train, val = CountingSplit(100_000), CountingSplit(100_000, prefix="held out")
+    hub.splits = {"train": train, "validation": val}
+    preview()
+    assert hub.calls == [("some/huge", True)]  # streamed (the fake refuses anything else)
+    assert train.pulled <= 1 + 3 and val.pulled == 0  # the row naming the columns, and 3 shown
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("Data source 'huggingface', Hugging Face dataset some/huge: train, "
+                      "validation; the first rows, streamed")
+    assert out[1:] == ["  | doc 0: word", "  | doc 1: word word", "  | doc 2: word word word"]
+
+
+def test_the_preview_gives_sizes_the_hub_knows_and_skips_empty_rows(hub, capsys):
+    texts = ["", "  ", *(f"row {i}" for i in range(50))]
+    ds = Dataset.from_dict({"text": texts}).to_iterable_dataset()
+    ds.info.splits = datasets.SplitDict({"train": datasets.SplitInfo("train", num_examples=52)})
+    hub.splits = datasets.IterableDatasetDict(train=ds)
+    preview()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("some/huge: train: 52 rows (validation is split off 'train' when "
+                           "training); the first rows, streamed")
+    assert out[1:] == ["  | row 0", "  | row 1", "  | row 2"]
+
+
+def test_the_preview_of_a_hub_dataset_refuses_what_training_would(hub):
+    from utils.training.data import DataError
+
+    hub.splits = {"train": CountingSplit(10)}
+    with pytest.raises(DataError, match=r"text_column='nope' is not a column.*\['id', 'body'\]"):
+        preview(text_column="nope")
+    empty = Dataset.from_dict({"text": [""] * 20, "n": list(range(20))}).to_iterable_dataset()
+    hub.splits = datasets.IterableDatasetDict(train=empty)
+    with pytest.raises(DataError, match="has no text: every row of column 'text' is empty"):
+        preview()

@@ -423,3 +423,156 @@ def test_reopening_a_cache_maps_the_ids_and_reads_none(workspace, monkeypatch):
     cached = read_cache(folder)
     assert isinstance(cached.train, np.memmap) and cached.train.flags.writeable is False
     assert math.isclose(cached.train.size / 18_000, 1.0)
+
+
+# --------------------------------------------------------------------- plain text in pieces
+# The reference is how plain text files were tokenized before pieces: each file read whole as
+# one document (empty ones skipped), a seeded split of the documents (or the tail of the only
+# one), each document's ids then EOS.
+
+
+def ref_text_ids(files: list[Path], config: TrainingConfig, tok=None):
+    docs = [t for t in (f.read_bytes().decode("utf-8").removeprefix("\ufeff") for f in files)
+            if t.strip()]
+    if len(docs) >= 2:
+        parts = Dataset.from_dict({"text": docs}).train_test_split(
+            test_size=config.val_fraction, seed=config.seed)
+        train, val = list(parts["train"]["text"]), list(parts["test"]["text"])
+    else:
+        text = docs[0]
+        cut = int(len(text) * (1.0 - config.val_fraction))
+        newline = text.rfind("\n", int(cut * 0.9), cut)
+        cut = min(max(newline + 1 if newline != -1 else cut, 1), len(text) - 1)
+        train, val = [text[:cut]], [text[cut:]]
+    if config.max_samples:
+        train, val = train[: config.max_samples], val[: config.max_samples]
+    tok = tok or build_tokenizer(config, [train])
+    return [np.concatenate([np.asarray([*tok.encode(d), tok.eos_id]) for d in split])
+            for split in (train, val)]
+
+
+def messy_text(rng: np.random.Generator, n_chars: int, blob: int = 0) -> str:
+    """Paragraphs with every kind of break a cut could land on: blank lines (some holding
+    spaces), CRLF, runs of spaces and tabs, a line thousands of characters long, non-ASCII."""
+    words = ["alpha", "beta", "naïve", "café", "🚀", "x=1;", "don't", "42", "  ", "\t", "\n",
+             "\n\n", "\n \n", "\r\n", "\n\n\n"]
+    out, size = [], 0
+    while size < n_chars:
+        part = "".join(rng.choice(words, size=int(rng.integers(1, 400))).tolist())
+        if rng.random() < 0.05:
+            part += " ".join(["word"] * 2000)  # a long line: cut at a word break
+        out.append(part)
+        size += len(part)
+    return "\ufeff" + "x" * blob + " ".join(out)
+
+
+@pytest.mark.parametrize("pieces", [False, True], ids=["whole", "pieces"])
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+@pytest.mark.parametrize("layout", ["folder", "one file", "max_samples"])
+def test_small_text_files_give_the_ids_they_always_gave(tmp_path, monkeypatch, kind, layout,
+                                                         pieces):
+    """Small files are read whole as before; the same files read in (tiny) pieces give the
+    very same ids, BPE merges included."""
+    from utils.training.data import text as text_module
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf")
+    if pieces:
+        monkeypatch.setattr(text_module, "TEXT_IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(text_module, "PIECE_CHARS", 24)
+        monkeypatch.setattr(text_module, "READ_BYTES", 1000)  # reads end inside characters
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for i in range(1 if layout == "one file" else 7):
+        (folder / f"d{i}.txt").write_bytes(messy_text(rng, 3000).encode())
+    (folder / "empty.txt").write_text("")
+    (folder / "blank.txt").write_text(" \n\n\t")
+    config = TrainingConfig(data_source="local", data_path=str(folder), tokenizer=kind,
+                            vocab_size=400, val_fraction=0.3, seed=3, block_size=8,
+                            max_samples=2 if layout == "max_samples" else 0)
+    data = load_token_data(config)
+    want_train, want_val = ref_text_ids(sorted(folder.glob("*.txt")), config)
+    assert np.array_equal(data.train_ids, want_train) and np.array_equal(data.val_ids, want_val)
+
+
+def test_cutting_pieces_never_splits_what_a_byte_level_bpe_keeps_together():
+    from utils.training.data.text import piece_ends
+
+    def cut(text, size, final=True):
+        ends = list(piece_ends(text, size, final))
+        return [text[a:b] for a, b in zip([0, *ends], ends)], text[ends[-1]:]
+
+    rng = np.random.default_rng(0)
+    text = messy_text(rng, 200_000)
+    tok = build_tokenizer(TrainingConfig(tokenizer="bpe", vocab_size=600), [[text[:50_000]]])
+    for size in (7, 64, 1000):
+        pieces, rest = cut(text, size)
+        assert "".join(pieces) == text and rest == "" and len(pieces) > len(text) // (20 * size)
+        assert all(not p[-1].isspace() for p in pieces[:-1])  # each cut precedes whitespace
+        assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+    # Text without whitespace for HARD_PIECES pieces is cut anyway, at the piece size.
+    pieces, rest = cut("y" * 1000 + " z", 10, final=False)
+    assert pieces[0] == "y" * 10 and "".join(pieces) + rest == "y" * 1000 + " z"
+
+
+def test_a_large_text_file_is_tokenized_in_bounded_memory(tmp_path, workspace, monkeypatch):
+    """The text path's peak (Python allocations: the text read, its pieces, the ids) stays at a
+    few pieces' worth whatever the file's size, and the ids are those of the whole text."""
+    import tracemalloc
+
+    from utils.training.data import text as text_module
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf")
+    # Reads, pieces and batches smaller than the real ones, so tens of MB show the bound.
+    monkeypatch.setattr(text_module, "TEXT_IN_MEMORY_BYTES", 1 << 20)
+    monkeypatch.setattr(text_module, "PIECE_CHARS", 1 << 12)
+    monkeypatch.setattr(text_module, "READ_BYTES", 1 << 16)
+    monkeypatch.setattr(text_module, "WRITE_ROWS", 16)
+    monkeypatch.setattr(cache_module, "ENCODE_CHARS", 1 << 16)
+    rng = np.random.default_rng(1)
+    block = messy_text(rng, 1 << 20, blob=100_000)  # a stretch without whitespace: a hard cut
+    peaks = {}
+    for mb in (6, 30):
+        path = tmp_path / f"big{mb}.txt"
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            for i in range(mb):
+                f.write(block.replace("alpha", f"alpha{i}", 1) if i else block)
+        config = TrainingConfig(data_source="local", data_path=str(path), tokenizer="byte",
+                                val_fraction=0.1, block_size=8)
+        tracemalloc.start()
+        data = load_token_data(config, workspace)
+        peaks[mb] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        train, val = ref_text_ids([path], config, ByteTokenizer())
+        assert np.array_equal(data.train_ids, train) and np.array_equal(data.val_ids, val)
+        assert int((data.train_ids == 256).sum()) == 1  # one document: EOS once, at its end
+    assert peaks[30] < path.stat().st_size / 15, peaks  # a 36 MB file: under 2.5 MB
+    assert peaks[30] < 1.5 * peaks[6], peaks  # five times the text, not more memory
+
+
+def test_one_document_in_pieces_is_split_where_the_whole_text_was(tmp_path, monkeypatch, capsys):
+    """The validation tail of a single document, wherever the cut falls among its pieces (the
+    first, the last, a piece boundary); and a non-byte-level tokenizer is told about pieces."""
+    from tokenizers import Tokenizer as Core
+    from tokenizers import models, pre_tokenizers
+
+    from utils.training.data import HFTokenizer
+    from utils.training.data import text as text_module
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "hf")
+    monkeypatch.setattr(text_module, "TEXT_IN_MEMORY_BYTES", 0)
+    path = tmp_path / "one.txt"
+    path.write_text("".join(np.random.default_rng(2).choice(list("ab \n\n\t"), 300)) + "end")
+    for size in (2, 5, 40, 1000):
+        monkeypatch.setattr(text_module, "PIECE_CHARS", size)
+        for vf in (0.01, 0.1, 0.5, 0.9):
+            config = TrainingConfig(data_source="local", data_path=str(path), val_fraction=vf,
+                                    tokenizer="byte", block_size=1)
+            data = load_token_data(config)
+            train, val = ref_text_ids([path], config, ByteTokenizer())
+            assert np.array_equal(data.train_ids, train) and np.array_equal(data.val_ids, val)
+    core = Core(models.WordLevel({"a": 0, "b": 1, "<|endoftext|>": 2, "[UNK]": 3}, "[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    capsys.readouterr()
+    load_token_data(config, tokenizer=HFTokenizer(core, "<|endoftext|>"))
+    assert "is not a byte-level tokenizer, so where the large text was cut" in capsys.readouterr().out

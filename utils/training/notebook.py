@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .data.cache import made_with, read_cache
+from .data.hub_stream import preview_hub
 from .data.sources import read_source, resolve_source
+from .data.text import count_rows, first_texts
 from .data.uploads import find_upload
 from .export import download as start_download
 from .export import export_archive
@@ -56,16 +58,22 @@ class DataChoice:
             self.preview(workspace)
 
     def preview(self, workspace: Workspace | None = None, rows: int = 3) -> None:
-        """Load the text now so a wrong path or column fails here, next to its form."""
+        """Load the text now so a wrong path or column fails here, next to its form. A Hub
+        dataset is streamed: only the rows shown are read, the download waits for training."""
         config = TrainingConfig().replace(**self.settings)
         source = resolve_source(config, workspace)
         if source.kind == "cache":
             self._use_cache(source.files[0])
             return
-        texts = read_source(source, config)
-        sizes = ", ".join(f"{split}: {len(ds):,} rows" for split, ds in texts.items())
+        if source.kind == "hub":
+            head = preview_hub(source, config, rows)
+            sizes, shown = f"{head.sizes}; the first rows, streamed", head.texts
+        else:
+            texts = read_source(source, config)
+            sizes = ", ".join(f"{split}: {count_rows(ds)}" for split, ds in texts.items())
+            shown = first_texts(texts["train"], rows)
         print(f"Data source {self.source!r}, {source.describe()}: {sizes}")
-        for text in texts["train"][:rows]["text"]:
+        for text in shown:
             snippet = " ".join(str(text).split())[:100]
             print(f"  | {snippet}")
 

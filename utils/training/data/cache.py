@@ -9,7 +9,9 @@ name and renamed when complete, so a folder with meta.json in it is always whole
 The ids never pass through RAM as a whole: tokenizing writes each batch of rows to the file as
 it goes (`encode_split`, `write_ids`), and reading memory-maps the files (`read_cache`), so a
 run holds the pages it touches, which belong to the OS page cache, not to the process. That is
-what lets a corpus larger than RAM train, and makes reopening a cache instant.
+what lets a corpus larger than RAM train, and makes reopening a cache instant. Neither does the
+text: a large plain text file arrives as pieces of documents (text.py), and EOS goes after the
+piece that ends each document.
 
 Formats (meta.json's "format"): 2 is the layout above. 1 (before raw files) kept the streams as
 train.npy / validation.npy, uint16 or int32: still read, memory-mapped through the .npy header,
@@ -52,7 +54,8 @@ from .errors import DataError
 from .hub_stream import streams_from_hub
 from .progress import BAR_MIN_ROWS
 from .sources import CACHE_META, Source
-from .tokenizer import Tokenizer, load_tokenizer
+from .text import DOCUMENT_END, PIECE_CHARS
+from .tokenizer import HFTokenizer, Tokenizer, _chunk_safe, load_tokenizer
 
 CACHE_FORMAT = 2  # bump when the folder layout changes (and teach read_cache the old one)
 TOKEN_RULES = 1  # bump when the tokenization rules change: it is in the key, so all re-tokenize
@@ -205,18 +208,31 @@ def _bar(total: int | None, desc: str, unit: str, small: int) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=quiet)
 
 
-def _text_batches(ds: Any) -> Iterator[list[str]]:
+def _text_batches(ds: Any) -> Iterator[tuple[list[str], list[bool] | None]]:
     """The "text" column in batches of at most ENCODE_ROWS rows and about ENCODE_CHARS
-    characters (a row longer than that is a batch of its own)."""
-    for batch in ds.iter(batch_size=ENCODE_ROWS):
+    characters (a row longer than that is a batch of its own), each with its rows'
+    DOCUMENT_END flags when the rows are pieces of documents (else None: a row is a document).
+    Pieces are read ENCODE_CHARS // PIECE_CHARS rows at a time, so a batch of them is never
+    more text than ENCODE_CHARS either."""
+    pieces = DOCUMENT_END in (getattr(ds, "column_names", None) or ())
+    rows = max(1, min(ENCODE_ROWS, ENCODE_CHARS // PIECE_CHARS)) if pieces else ENCODE_ROWS
+    for batch in ds.iter(batch_size=rows):
         texts, start, size = batch["text"], 0, 0
+        ends = batch[DOCUMENT_END] if pieces else None
         for i, text in enumerate(texts):
             size += len(text)
             if size >= ENCODE_CHARS:
-                yield texts[start : i + 1]
+                yield texts[start : i + 1], ends and ends[start : i + 1]
                 start, size = i + 1, 0
         if start < len(texts):
-            yield texts[start:]
+            yield texts[start:], ends and ends[start:]
+
+
+def _pieces_may_differ(ds: Any, tokenizer: Tokenizer) -> bool:
+    """Pieces of documents, and a tokenizer whose ids may change where a piece ends: one
+    that is not byte-level like GPT-2's (text.py's docstring says why those cannot)."""
+    return (DOCUMENT_END in (getattr(ds, "column_names", None) or ())
+            and isinstance(tokenizer, HFTokenizer) and not _chunk_safe(tokenizer.core))
 
 
 def encode_split(ds: Any, tokenizer: Tokenizer, path: Path, desc: str = "Tokenizing",
@@ -230,13 +246,18 @@ def encode_split(ds: Any, tokenizer: Tokenizer, path: Path, desc: str = "Tokeniz
     """
     eos = tokenizer.eos_id
     rows = len(ds) if hasattr(ds, "__len__") else None
+    if _pieces_may_differ(ds, tokenizer):
+        print(f"Note: {tokenizer!r} is not a byte-level tokenizer, so where the large text was "
+              f"cut into pieces (every ~{PIECE_CHARS:,} characters, at a word or line break) a "
+              "token or two may differ from encoding each document whole.")
     with TokenFile(path, stream_dtype(tokenizer.vocab_size)) as out, \
             _bar(rows, desc, " rows", BAR_MIN_ROWS) as bar:
-        for texts in _text_batches(ds):
+        for texts, ends in _text_batches(ds):
             ids = tokenizer.encode_batch(texts)
-            if eos is not None:
-                for row in ids:
-                    row.append(eos)
+            if eos is not None:  # after each document: each row, or each piece that ends one
+                for row, end in zip(ids, ends or itertools.repeat(True)):
+                    if end:
+                        row.append(eos)
             if max_ids > 0 and out.count + sum(len(r) for r in ids) >= max_ids:
                 flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
                 out.append(flat[: max_ids - out.count])

@@ -2,7 +2,8 @@
 
 A corpus too large to download (a FineWeb sample, OpenWebText) is read row by row only as far
 as the token budget needs: the train split up to max_tokens ids, the validation split (or the
-stream's head when there is none) up to a bounded share.
+stream's head when there is none) up to a bounded share. The notebook's preview of a Hub
+dataset (`preview_hub`) reads only the rows it shows, the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ STREAM_VAL_MIN_IDS = 1 << 16
 # A tokenizer that needs training (bpe, char) learns from at most this many characters of the
 # stream's head, or 4 per token of the budget when that is less (but at least 1 MB).
 TOKENIZER_SAMPLE_CHARS = 1 << 27
+# The preview looks this far into the train split for rows with text to show.
+PREVIEW_SCAN_ROWS = 1000
 
 
 def streams_from_hub(source: Source, config: Any) -> bool:
@@ -135,3 +138,39 @@ def _stream_column(split: Any, wanted: str, where: str) -> str:
     return wanted or pick_text_column(strings, columns, where)
 
 
+@dataclass
+class HubPreview:
+    """The first rows of a Hub dataset's train split, streamed: what the data cell shows."""
+
+    sizes: str  # "train: 36,718 rows, validation: 3,760 rows" (as far as the Hub says)
+    texts: list[str]
+    column: str
+    pulled: int  # rows read from the stream
+
+
+def preview_hub(source: Source, config: Any, rows: int = 3) -> HubPreview:
+    """The first `rows` texts of the train split, read by streaming: the Hub sends the start of
+    the first file, not the dataset. Errors are those of training: no train split, a
+    text_column that is not a column, a split whose every row is empty."""
+    hub = open_hub_stream(source, config)
+    stream = TextStream(iter(hub.splits[hub.train_split]), hub.column, PREVIEW_SCAN_ROWS)
+    first = next(stream.iter(max(rows, 1)), {"text": []})["text"]
+    where = source.describe()
+    if not first and stream.pulled < PREVIEW_SCAN_ROWS:
+        raise DataError(f"The {hub.train_split!r} split of {where} has no text: every row of "
+                        f"column {hub.column!r} is empty. Set text_column to a column with text.")
+    sizes = ", ".join(_split_size(hub.splits[name], name) for name in hub.splits)
+    if hub.val_split is None:
+        sizes += f" (validation is split off {hub.train_split!r} when training)"
+    if not first:
+        print(f"Note: no text in the first {stream.pulled:,} rows of column {hub.column!r} of "
+              f"{where}; check that text_column names the column to train on.")
+    return HubPreview(sizes, list(first[:rows]), hub.column, stream.pulled)
+
+
+def _split_size(split: Any, name: str) -> str:
+    """'train: 1,234 rows' when the dataset's card says how many, else just the name."""
+    known = getattr(getattr(split, "info", None), "splits", None) or {}
+    found = known.get(name) if hasattr(known, "get") else None
+    count = getattr(found, "num_examples", None)
+    return f"{name}: {count:,} rows" if count else name

@@ -20,6 +20,8 @@ How files become rows, the same for every source that reads files:
 - any other file (.txt, .md, .py, ...): one document per file, whole. Not one row per line: an
   end-of-document token after every line would teach the model that lines are unrelated, and
   a file's newlines would be lost. Files of both kinds in one folder is an error (use a glob).
+  More than text.TEXT_IN_MEMORY_BYTES of such text is read in pieces, never whole: its splits
+  are still whole documents, as rows of pieces with a "document_end" column (text.py).
 
 Then, whatever the source: the text column of a table is chosen (plain text files and synthetic
 rows ignore text_column, which a notebook form may still hold from another source), rows
@@ -45,7 +47,16 @@ from ..workspace import DRIVE_MOUNT_POINT, Workspace
 from .errors import DataError
 from .progress import progress_for
 from .synthetic import synthetic_text_data
-from .text import TEXT_SUFFIXES, find_files, looks_binary, read_text_files
+from .text import (
+    TEXT_SUFFIXES,
+    TextPieces,
+    find_files,
+    looks_binary,
+    read_text_files,
+    read_text_pieces,
+    split_document,
+    too_big_to_hold,
+)
 from .uploads import find_upload
 
 SOURCES = ("huggingface", "drive", "upload", "local", "synthetic")
@@ -274,6 +285,9 @@ def read_source(source: Source, config: Any) -> DatasetDict:
             raise DataError(f"Cannot read the saved dataset {source.where}: {e}") from e
     elif source.kind == "files":
         raw, plain_text = _load_files(source.files, source.where)
+        if isinstance(raw, TextPieces):  # split by document already; text_column is moot
+            return raw.splits(float(config.val_fraction), int(config.seed),
+                              int(config.max_samples or 0))
         if plain_text:
             text_column = ""
     else:
@@ -282,8 +296,9 @@ def read_source(source: Source, config: Any) -> DatasetDict:
     return to_text_splits(raw, config, source.describe(), text_column)
 
 
-def _load_files(files: tuple[Path, ...], where: str) -> tuple[Dataset, bool]:
-    """The files as one dataset, and whether they were plain text (one document per file)."""
+def _load_files(files: tuple[Path, ...], where: str) -> tuple[Dataset | TextPieces, bool]:
+    """The files as one dataset (or, for much plain text, its pieces), and whether they were
+    plain text (one document per file)."""
     groups: dict[str, list[Path]] = {}
     for f in files:
         suffix = f.suffix.lower()
@@ -297,6 +312,8 @@ def _load_files(files: tuple[Path, ...], where: str) -> tuple[Dataset, bool]:
                         "at one kind, e.g. with a glob such as 'folder/**/*.txt'.")
     (kind, group), = groups.items()
     if kind == "text":
+        if too_big_to_hold(group):
+            return read_text_pieces(group, where), True
         return Dataset.from_dict({"text": read_text_files(group, where)}), True
     for f in group:
         if f.stat().st_size == 0:
@@ -455,16 +472,6 @@ def _text_only(ds: Dataset, column: str, where: str, split: str) -> Dataset:
         print(f"Skipped {before - len(ds):,} of {before:,} rows of the {split!r} split of {where}: "
               f"their {column!r} is empty.")
     return ds
-
-
-def split_document(text: str, val_fraction: float) -> tuple[str, str]:
-    """Cut one document into (train, validation), at a line break near the end when there is one."""
-    cut = int(len(text) * (1.0 - val_fraction))
-    newline = text.rfind("\n", int(cut * 0.9), cut)
-    if newline != -1:
-        cut = newline + 1
-    cut = min(max(cut, 1), len(text) - 1)
-    return text[:cut], text[cut:]
 
 
 def to_text_splits(
