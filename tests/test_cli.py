@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from utils.training.__main__ import main
+from utils.training.__main__ import _runs_table, main
 
 TINY = ["run_name=cli", "data_source=synthetic", "vocab_size=16", "synthetic_tokens=6000",
         "n_layers=1", "n_heads=2", "d_model=32", "block_size=16", "batch_size=8", "epochs=2",
@@ -121,3 +121,29 @@ def test_a_full_or_read_only_disk_is_one_clear_message(tmp_path, capsys, monkeyp
     assert "Traceback" not in err and err.startswith("error: `train` failed on ")
     assert str(target) in err and advice in err and "--workspace" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_runs_minutes_are_training_time_not_the_days_between_sessions(tmp_path, capsys):
+    import sqlite3
+    import time
+
+    from utils.training.experiment_db import ExperimentDB
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    day = 24 * 3600
+    with ExperimentDB(ws / "experiments.db", verbose=False) as db:
+        resumed = db.start_run({"run_name": "resumed"})  # interrupted Monday, resumed Tuesday
+        db.finish_run(resumed, summary={"elapsed": 90.0, "epochs_completed": 2})
+        killed = db.start_run({"run_name": "killed"})  # no summary: its wall time it is
+        db.finish_run(killed, "interrupted")
+    with sqlite3.connect(ws / "experiments.db") as conn:
+        now = time.time()
+        conn.execute("UPDATE runs SET created_at = ? WHERE id = ?", (now - day, resumed))
+        conn.execute("UPDATE runs SET created_at = ?, finished_at = ? WHERE id = ?",
+                     (now - 600, now, killed))
+    with ExperimentDB(ws / "experiments.db", verbose=False) as db:
+        table = _runs_table(db, 20, None)
+    assert dict(zip(table["name"], table["minutes"])) == {"resumed": 1.5, "killed": 10.0}
+    assert main(["runs", "--workspace", str(ws)]) == 0  # the table the command prints
+    assert "minutes" in capsys.readouterr().out

@@ -4,6 +4,11 @@ must reach the library."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
 import datasets
 import pandas as pd
 import pytest
@@ -61,3 +66,50 @@ def test_the_error_for_two_text_columns_names_the_field_that_works(workspace, tm
     first = data_cells()[0]
     # That field is in the cell the message names, beside data_source.
     assert first.startswith("# @title 2.1 ") and "\ntext_column = " in first
+
+
+@pytest.fixture
+def colab_upload(tmp_path, monkeypatch):
+    """Colab's upload dialog as tests/fake_colab plays it (the files in $FAKE_COLAB_UPLOAD are
+    "chosen"); returns a function that chooses one file. Only for this test: google.colab is
+    put in sys.modules by monkeypatch, so later tests see no Colab."""
+    fake = Path(__file__).parent / "fake_colab" / "google" / "colab" / "files.py"
+    spec = importlib.util.spec_from_file_location("google.colab.files", fake)
+    files = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(files)
+    monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(files=files))
+    monkeypatch.setitem(sys.modules, "google.colab.files", files)
+    monkeypatch.chdir(tmp_path)  # Colab also saves each upload in the working directory
+    chosen = tmp_path / "chosen"
+    monkeypatch.setenv("FAKE_COLAB_UPLOAD", str(chosen))
+
+    def choose(name: str, text: str) -> None:
+        chosen.mkdir(exist_ok=True)
+        for old in chosen.iterdir():
+            old.unlink()
+        (chosen / name).write_text(text)
+
+    return choose
+
+
+def test_the_file_uploaded_last_is_reused_even_when_its_bytes_were_kept_before(
+        workspace, colab_upload):
+    a_text = "\n".join(f"alpha document number {i}" for i in range(20))
+    b_text = "\n".join(f"beta document number {i}" for i in range(20))
+    kept = workspace.datasets / "uploads"
+    colab_upload("a.txt", a_text)
+    assert run_data_cells(workspace, data_source="upload").settings["data_path"] == str(
+        kept / "a.txt")
+    a_stamp = (kept / "a.txt").stat().st_mtime_ns
+    colab_upload("b.txt", b_text)
+    data = run_data_cells(workspace, data_source="upload", upload_new=True)
+    assert data.settings["data_path"] == str(kept / "b.txt")
+    colab_upload("a.txt", a_text)  # A again, the same bytes: kept as it was
+    data = run_data_cells(workspace, data_source="upload", upload_new=True)
+    assert data.settings["data_path"] == str(kept / "a.txt")
+    assert (kept / "a.txt").stat().st_mtime_ns == a_stamp  # its token cache key holds
+
+    again = run_data_cells(workspace, data_source="upload", upload_new=False, upload_path="")
+    assert again.settings["data_path"] == str(kept / "a.txt")  # the newest upload is A
+    texts = load_text_data(TrainingConfig().replace(**again.settings), workspace)
+    assert texts["train"][0]["text"].startswith("alpha")

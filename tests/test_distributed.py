@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,11 +24,12 @@ from utils.training.experiment_db import ExperimentDB
 REPO = Path(__file__).resolve().parents[1]
 WORKER = str(REPO / "tests" / "ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-# 2,400 train tokens in blocks of 16: 150 blocks, 18 steps an epoch of 8 sequences (4 per rank).
+# 2,430 train tokens in blocks of 16: 151 blocks; a micro-batch is 8 sequences (4 per rank),
+# a step 2 of them (accumulation: DDP syncs once, on the second), 10 steps an epoch.
 CONFIG = dict(run_name="ddp", seed=7, data_source="synthetic", vocab_size=16, synthetic_order=1,
               synthetic_tokens=2700, n_layers=1, n_heads=2, d_model=32, block_size=16,
-              epochs=2, learning_rate=3e-3, warmup_ratio=0.1, precision="fp32", sample_tokens=0,
-              dropout=0.0, checkpoint_every_steps=10)
+              grad_accum_steps=2, epochs=2, learning_rate=3e-3, warmup_ratio=0.1,
+              precision="fp32", sample_tokens=0, dropout=0.0, checkpoint_every_steps=4)
 
 
 def _launch(tmp: Path, command: list[str], batch_size: int, workspace: Path,
@@ -74,25 +77,47 @@ def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path, refer
         runs = db.list_runs()
     assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
     assert runs.iloc[0]["world_size"] == 2
-    assert "Global batch: 4 x 1 accumulation x 2 ranks = 8 sequences" in done.stdout
+    assert "Global batch: 4 x 2 accumulation x 2 ranks = 16 sequences" in done.stdout
     assert done.stdout.count("epoch 2/2 |") == 1  # rank 0 alone prints
 
 
 @pytest.mark.parametrize("first, then", [("two", "one"), ("one", "two")])
 def test_a_checkpoint_moves_between_two_ranks_and_one(tmp_path, reference, first, then):
-    """Stopped at step 15 (its checkpoint is step 10's), resumed on the other layout with the
-    same global batch: the data order carries on, and the run ends where an uninterrupted one
-    does. The resume is the README's plain command."""
+    """Stopped at step 7 (its checkpoint is step 4's, mid-epoch), resumed on the other layout
+    with the same global batch: the data order carries on, and the run ends where an
+    uninterrupted one does. The resume is the README's plain command."""
     layouts = {"two": ([*TORCHRUN, WORKER], 4), "one": ([sys.executable, WORKER], 8)}
     command, batch = layouts[first]
-    stopped = _launch(tmp_path, command, batch, tmp_path / "ws", DDP_FAIL_AT_STEP="15")
-    assert stopped.returncode != 0 and "injected failure at step 15" in stopped.stderr
+    stopped = _launch(tmp_path, command, batch, tmp_path / "ws", DDP_FAIL_AT_STEP="7")
+    assert stopped.returncode != 0 and "injected failure at step 7" in stopped.stderr
     command, batch = layouts[then]
     command = [*command[:-1], "-m", "utils.training"]  # torchrun ... -m utils.training
     resumed = _launch(tmp_path, command, batch, tmp_path / "ws")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from epoch 1, step 10" in resumed.stdout
+    assert "resuming from epoch 1, step 4 (8/" in resumed.stdout
     assert "starts again" not in resumed.stdout
+    _assert_close(_final_weights(tmp_path / "ws"), reference)
+
+
+def test_two_machines_are_the_same_command_with_a_rendezvous(tmp_path, reference):
+    """Two "machines" (two torchrun launches of one process each), node 0 at 127.0.0.1 as the
+    master, sharing one workspace: the README's multi-node form."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launches = []
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                   "--nproc_per_node", "1", "--node-rank", str(node), "--master-addr",
+                   "127.0.0.1", "--master-port", str(port), "-m", "utils.training"]
+        launches.append(threading.Thread(target=lambda c=command, n=node: done.__setitem__(
+            n, _launch(tmp_path, c, 4, tmp_path / "ws"))))
+    done: dict[int, subprocess.CompletedProcess] = {}
+    for launch in launches:
+        launch.start()
+    for launch in launches:
+        launch.join()
+    assert [done[n].returncode for n in (0, 1)] == [0, 0], done[0].stderr + done[1].stderr
     _assert_close(_final_weights(tmp_path / "ws"), reference)
 
 
@@ -159,3 +184,14 @@ def test_the_export_section_prints_this_runs_multi_gpu_command(tiny_config, tmp_
     assert ("torchrun --nproc_per_node N -m utils.training train --config "
             "WORKSPACE/configs/my-run.json --workspace WORKSPACE") in text
     assert str(workspace.root) in text and "global batch is 8 x 1" in text
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, capsys):
+    from utils.training.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["search", "--trials", "1"]) == 2
+    assert "under torchrun only `train` runs; `search` runs in one process" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert main(["runs"]) == 2 and capsys.readouterr().err == ""  # rank 0 says it once

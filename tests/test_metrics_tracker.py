@@ -235,6 +235,28 @@ def test_next_token_accuracy_reaches_the_db_from_epochs_and_evaluations(tmp_path
         assert tracker.eval_history()[M.VAL_ACCURACY].tolist() == [0.25]
 
 
+def test_the_final_accuracy_is_in_the_summary_the_db_and_wandb_keep():
+    db, run = FakeDB(), FakeRun()
+    tracker = MetricsTracker(db, run_id=1, wandb_run=run, track_gpu=False)
+    assert "final_val_accuracy" not in tracker.final_summary()  # nothing evaluated yet
+    tracker.log_epoch({M.EPOCH: 1, M.STEP: 4, M.TRAIN_LOSS: 2.0, M.VAL_LOSS: 1.8,
+                       M.VAL_ACCURACY: 0.3})
+    tracker.log_epoch({M.EPOCH: 2, M.STEP: 8, M.TRAIN_LOSS: 1.9, M.VAL_LOSS: 1.7,
+                       M.VAL_ACCURACY: 0.4})
+    assert tracker.final_summary()["final_val_accuracy"] == 0.4  # the last epoch's
+    tracker.finish("completed", tracker.final_summary())
+    (_, _, _, summary), = db.of("finish")
+    assert summary["final_val_accuracy"] == 0.4 and run.summary["final_val_accuracy"] == 0.4
+
+    stepped = MetricsTracker(track_gpu=False)  # eval_every_steps: the last evaluation's
+    stepped.log_eval({M.STEP: 5, M.EPOCH: 1, M.TRAIN_LOSS: 2.0, M.VAL_LOSS: 1.5,
+                      M.VAL_ACCURACY: 0.25})
+    stepped.log_eval({M.STEP: 10, M.EPOCH: 1, M.TRAIN_LOSS: 1.8, M.VAL_LOSS: 1.4,
+                      M.VAL_ACCURACY: 0.35})
+    stepped.log_epoch({M.EPOCH: 1, M.STEP: 10, M.TRAIN_LOSS: 1.8})
+    assert stepped.final_summary()["final_val_accuracy"] == 0.35
+
+
 # --------------------------------------------------------------------------- epoch rows
 
 

@@ -344,3 +344,54 @@ def test_a_step_cadence_run_plots_every_evaluation_at_its_step(tiny_config, work
         assert board.panels["perplexity"].get_xlabel() == "optimizer step"
     board.save(tmp_path / "dashboard.png")
     s.dashboard().save(tmp_path / "dashboard-tracker.png")
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again_in_its_own_row(
+        tiny_config, workspace, db, capsys):
+    config = tiny_config(epochs=1)  # checkpoints hourly: none before the interrupt
+    first = session(config, workspace, db, callbacks=[Disconnect(step=5)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    run_id = first.tracker.run_id
+    assert db.get_run(run_id)["status"] == "interrupted"
+    assert not list(workspace.run_dir("tiny").glob("*.pt"))
+
+    capsys.readouterr()
+    second = session(config, workspace, db)  # the same run, started again
+    assert second.tracker.run_id == run_id
+    assert "starts again in the same row" in capsys.readouterr().out
+    second.fit()
+    assert db.list_runs()["id"].tolist() == [run_id]
+    assert db.get_run(run_id)["status"] == "completed"
+    steps = wide_frame(db.get_metrics(run_id), "step")[M.STEP].tolist()
+    assert steps == list(range(1, second.trainer.steps_per_epoch + 1))  # each step once
+
+
+def test_only_an_interrupted_row_is_continued_by_a_fresh_start(tiny_config, workspace, db):
+    """A row that ended otherwise keeps its outcome, and the run started again gets its own."""
+
+    class Crash(Callback):
+        def on_step_end(self, trainer, metrics):
+            raise RuntimeError("out of memory")
+
+    failed = session(tiny_config(run_name="oom", epochs=1), workspace, db, callbacks=[Crash()])
+    with pytest.raises(RuntimeError):
+        failed.fit()
+    again = session(tiny_config(run_name="oom", epochs=1), workspace, db)
+    assert again.tracker.run_id != failed.tracker.run_id
+    assert db.get_run(failed.tracker.run_id)["status"] == "failed"
+
+    done = session(tiny_config(run_name="done", epochs=1), workspace, db)
+    done.fit()
+    for checkpoint in workspace.run_dir("done").glob("*.pt"):  # the run's folder, deleted
+        checkpoint.unlink()
+    fresh = session(tiny_config(run_name="done", epochs=1, resume="never"), workspace, db)
+    assert fresh.tracker.run_id != done.tracker.run_id
+    assert db.get_run(done.tracker.run_id)["status"] == "completed"
+
+    other = session(tiny_config(run_name="t", epochs=1), workspace, db, study="s1",
+                    callbacks=[Disconnect(step=2)])
+    with pytest.raises(KeyboardInterrupt):
+        other.fit()
+    assert session(tiny_config(run_name="t", epochs=1), workspace, db,
+                   study="s2").tracker.run_id != other.tracker.run_id  # another study's run

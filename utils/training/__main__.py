@@ -149,9 +149,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _runs_table(db: ExperimentDB, limit: int, study: str | None) -> pd.DataFrame:
+    """The newest runs. "minutes" is training time over all of a run's sessions (its summary's
+    ``elapsed``): the wall time since it was created would count the days between a
+    disconnect and the resume. A run without that number (killed before any summary) shows
+    its wall time."""
     runs = db.list_runs(limit=limit, study=study)
     best = "best_val_loss"
-    minutes = runs["duration_s"] / 60
+    summaries = [db.get_run(int(run_id))["summary"] or {} for run_id in runs["id"]]
+    trained = pd.Series([s.get("elapsed") for s in summaries], index=runs.index, dtype="float64")
+    minutes = trained.fillna(runs["duration_s"]) / 60
     return pd.DataFrame({
         "id": runs["id"], "name": runs["name"], "status": runs["status"],
         "started": runs["created"].dt.strftime("%Y-%m-%d %H:%M"),
@@ -401,6 +407,13 @@ def _rank_tag() -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if os.environ.get("WORLD_SIZE", "1") != "1" and args.command != "train":
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
+            print(f"error: under torchrun only `train` runs; `{args.command}` runs in one "
+                  f"process: python -m utils.training {args.command} ... (a search takes "
+                  "several workers instead: README, 'Several workers on one study').",
+                  file=sys.stderr)
+        return 2
     try:
         _check_names(args)
         return args.func(args)

@@ -12,11 +12,12 @@ Ctrl-C, and running out of GPU memory, each turned into something a person can a
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,6 +423,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier(group=self.cpu_group)
+
+    def quiet(self) -> AbstractContextManager:
+        """Rank 0 alone prints: on the others, what the block prints goes nowhere."""
+        return nullcontext() if self.is_main else redirect_stdout(io.StringIO())
 
     @contextmanager
     def main_first(self) -> Iterator[None]:

@@ -312,7 +312,8 @@ class MetricsTracker(Callback):
         for rows in (self.epochs, self.evaluations):  # an evaluation's values win when both have
             last = rows[-1] if rows else {}
             for key, name in (("final_train_loss", M.TRAIN_LOSS), ("final_val_loss", M.VAL_LOSS),
-                              ("final_val_perplexity", M.VAL_PERPLEXITY)):
+                              ("final_val_perplexity", M.VAL_PERPLEXITY),
+                              ("final_val_accuracy", M.VAL_ACCURACY)):
                 if name in last:
                     summary[key] = last[name]
         keys = ["epochs_completed", "global_step", "best_val_loss", "best_epoch", "precision",

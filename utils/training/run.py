@@ -130,12 +130,14 @@ def prepare(
     ``trust`` allows running a Gist's ``model.py``; it is an argument, never a config field, so
     a shared config file cannot switch it on."""
     config = validate_config(config)  # fp16 on a CPU, a model too big: refused before data loads
-    if data is None:
-        # Under torchrun rank 0 tokenizes and caches; the other ranks then read its cache.
-        with distributed().main_first():
-            data = load_token_data(config, workspace,
-                                   tokenizer=_saved_tokenizer(config, workspace))
-    return _build(config, workspace, data, trust)
+    dist = distributed()
+    with dist.quiet():
+        if data is None:
+            # Under torchrun rank 0 tokenizes and caches; the other ranks then read its cache.
+            with dist.main_first():
+                data = load_token_data(config, workspace,
+                                       tokenizer=_saved_tokenizer(config, workspace))
+        return _build(config, workspace, data, trust)
 
 
 def _build(config: TrainingConfig, workspace: Workspace | None, data: TokenData,
@@ -257,8 +259,25 @@ class TrainingSession:
                 # as `interrupted` once its process is gone): close it now.
                 tracker.finish(ended, tracker.final_summary())
         else:
+            resume_id = tracker.run_id  # the row the checkpoint remembered, if it did
+            if resume_id is None and trainer.resume() is None:
+                # Nothing to resume: a row this run closed as `interrupted` (stopped before its
+                # first checkpoint) is continued, as start_run takes over a `running` row whose
+                # process is gone, so the history keeps one row per run. Only this name's newest
+                # row, in this study: a finished run started again is a new run, and a failed
+                # or diverged row keeps the outcome its config had.
+                try:
+                    last = database.get_run(config.run_name)  # the newest row of this name
+                except ExperimentDBError:  # none (or no database)
+                    last = None
+                if (last is not None and last["status"] == M.INTERRUPTED
+                        and last["finished_at"] is not None and last["study"] == study):
+                    resume_id = last["id"]
+                    print(f"Note: run {config.run_name!r} (id {resume_id}) was interrupted with "
+                          "no checkpoint to resume from; it starts again in the same row, and its "
+                          "metrics from the steps trained again are replaced.")
             tracker.run_id = database.start_run(
-                config, tags=tags, study=study, resume_run_id=tracker.run_id,
+                config, tags=tags, study=study, resume_run_id=resume_id,
                 world_size=trainer.dist.world_size,
             )
         session = cls(config, workspace, prepared.data, prepared.model, trainer, tracker, plotter,

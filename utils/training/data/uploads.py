@@ -4,6 +4,11 @@ In Colab the upload dialog asks for the file(s); elsewhere ``data_path`` names a
 there. A re-run with no path reuses the newest upload instead of asking again (a disconnect must
 not cost another upload), and an identical file is never rewritten, so the token cache keyed on
 it holds. Several files chosen at once become one folder named by their content.
+
+Which upload is the newest cannot come from modification times alone: an identical file uploaded
+again keeps its old time (the token cache is keyed on it). So every upload also names itself in
+``.newest-upload`` beside the uploads, and that one wins unless a file put into the folder by
+other means is newer still.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ..workspace import Workspace, atomic_dir, in_colab, is_temp_name
 from .errors import DataError
 
 UPLOADS = "uploads"
+NEWEST = ".newest-upload"  # the name of the latest upload (never itself an upload)
 
 # Uploads whose reuse was announced in this process: every load (the preview, the time estimate,
 # training, each search trial) resolves the source again, and once is enough to say it.
@@ -73,27 +79,48 @@ def find_upload(
 
 
 def _newest_upload(folder: Path) -> Path | None:
+    """The upload last made (``NEWEST`` names it, from when it was made), or a file put into the
+    folder by hand after it (or before there was a ``NEWEST``): the newest modification time."""
     if not folder.is_dir():
         return None
-    kept = [p for p in folder.iterdir() if not is_temp_name(p.name) and (p.is_file() or p.is_dir())]
-    return max(kept, key=lambda p: p.stat().st_mtime_ns) if kept else None
+    kept = [p for p in folder.iterdir() if p.name != NEWEST and not is_temp_name(p.name)
+            and (p.is_file() or p.is_dir())]
+    marker = folder / NEWEST
+    try:
+        marked, marked_at = marker.read_text(encoding="utf-8").strip(), marker.stat().st_mtime_ns
+    except (OSError, UnicodeDecodeError):  # none yet (or unreadable): times alone decide
+        marked, marked_at = "", -1
+
+    def made(p: Path) -> tuple[int, bool]:  # a tie goes to the marked upload (coarse clocks)
+        mtime = p.stat().st_mtime_ns
+        return (max(mtime, marked_at), True) if p.name == marked else (mtime, False)
+
+    return max(kept, key=made) if kept else None
+
+
+def _mark_newest(workspace: Workspace, upload: Path) -> Path:
+    """Record ``upload`` as the newest upload (also when its bytes were already kept)."""
+    workspace.atomic_write(upload.parent / NEWEST,
+                           lambda tmp: tmp.write_text(upload.name + "\n", encoding="utf-8"))
+    return upload
 
 
 def _keep_upload(workspace: Workspace, name: str, content: Path | bytes) -> Path:
     """Copy into datasets/uploads atomically; an identical file already there is left alone,
-    so its modification time, and with it the token cache key, stays the same."""
+    so its modification time, and with it the token cache key, stays the same. Either way it
+    becomes the newest upload."""
     dest = workspace.datasets / UPLOADS / Path(name).name
     if dest.is_file():
         same = (dest.read_bytes() == content if isinstance(content, bytes)
                 else filecmp.cmp(dest, content, shallow=False))
         if same:
-            return dest
+            return _mark_newest(workspace, dest)
     if isinstance(content, bytes):
         workspace.atomic_write(dest, lambda tmp: tmp.write_bytes(content))
     else:
         workspace.atomic_write(dest, lambda tmp: tmp.write_bytes(content.read_bytes()))
     print(f"Saved {name} to {dest}")
-    return dest
+    return _mark_newest(workspace, dest)
 
 
 def _colab_upload(workspace: Workspace, field: str = "data_path") -> Path:
@@ -118,4 +145,4 @@ def _colab_upload(workspace: Workspace, field: str = "data_path") -> Path:
             (tmp / name).write_bytes(data)
     os.utime(folder)  # the newest upload, even when the same set was uploaded before
     print(f"Saved {len(uploaded)} files to {folder}")
-    return folder
+    return _mark_newest(workspace, folder)
