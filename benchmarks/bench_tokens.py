@@ -197,19 +197,10 @@ def part_tokenize(text: str, tokenizer: str, cache: str) -> dict:
             "tokens": meta["train_tokens"] + meta["validation_tokens"], "folder": str(folder)}
 
 
-def part_end_to_end(jsonl: str, tokenizer: str, workspace: str) -> dict:
-    """(a) load_token_data on a .jsonl file: sources (read by `datasets` into a memory-mapped
-    Arrow file, a seeded 99/1 split), tokenizing and the cache together."""
-    import datasets
-
+def _measured_load(config, ws) -> dict:
+    """``load_token_data`` into the workspace's cache: seconds, peak RSS and RssAnon, tokens."""
     from utils.training.data import load_token_data
-    from utils.training.training_config import TrainingConfig
-    from utils.training.workspace import Workspace
 
-    datasets.disable_progress_bars()
-    ws = Workspace.setup(workspace, mount_drive=False, verbose=False)
-    config = TrainingConfig(data_source="local", data_path=jsonl, tokenizer=tokenizer,
-                            val_fraction=0.01)
     base = status()
     reset_peak()
     started = time.perf_counter()
@@ -218,6 +209,21 @@ def part_end_to_end(jsonl: str, tokenizer: str, workspace: str) -> dict:
     return {"seconds": time.perf_counter() - started, "peak": status()["VmHWM"] - base["VmRSS"],
             "anon_peak": anon.peak - base["RssAnon"],
             "tokens": int(data.train_ids.size + data.val_ids.size)}
+
+
+def part_end_to_end(jsonl: str, tokenizer: str, workspace: str) -> dict:
+    """(a) load_token_data on a .jsonl file: sources (read by `datasets` into a memory-mapped
+    Arrow file, a seeded 99/1 split), tokenizing and the cache together."""
+    import datasets
+
+    from utils.training.training_config import TrainingConfig
+    from utils.training.workspace import Workspace
+
+    datasets.disable_progress_bars()
+    ws = Workspace.setup(workspace, mount_drive=False, verbose=False)
+    config = TrainingConfig(data_source="local", data_path=jsonl, tokenizer=tokenizer,
+                            val_fraction=0.01)
+    return _measured_load(config, ws)
 
 
 def part_loader(folder: str, block: int, batch: int) -> dict:
@@ -342,7 +348,6 @@ def part_txt(text: str, tokenizer: str, workspace: str, whole: bool) -> dict:
     `whole` as before pieces (one Python string; the path kept for small text)."""
     import datasets
 
-    from utils.training.data import load_token_data
     from utils.training.data import text as text_module
     from utils.training.training_config import TrainingConfig
     from utils.training.workspace import Workspace
@@ -353,14 +358,7 @@ def part_txt(text: str, tokenizer: str, workspace: str, whole: bool) -> dict:
     ws = Workspace.setup(workspace, mount_drive=False, verbose=False)
     config = TrainingConfig(data_source="local", data_path=text, tokenizer=tokenizer,
                             val_fraction=0.01)
-    base = status()
-    reset_peak()
-    started = time.perf_counter()
-    with AnonPeak() as anon:
-        data = load_token_data(config, ws)
-    return {"seconds": time.perf_counter() - started, "peak": status()["VmHWM"] - base["VmRSS"],
-            "anon_peak": anon.peak - base["RssAnon"],
-            "tokens": int(data.train_ids.size + data.val_ids.size)}
+    return _measured_load(config, ws)
 
 
 PARTS = {"tokenize": part_tokenize, "e2e": part_end_to_end, "loader": part_loader,
