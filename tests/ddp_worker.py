@@ -5,7 +5,8 @@ for one process). Driven by environment variables, all optional:
 - DDP_AUDIT=DIR: on ranks other than 0, every file-system write under W is recorded (Python's
   audit hooks see each open for writing, mkdir, rename, remove and SQLite connection) and the
   list is written to DIR/rank<R>.txt at exit.
-- DDP_DUMP=DIR: after training, each rank saves its model's parameters to DIR/rank<R>.pt.
+- DDP_DUMP=DIR: after training, each rank saves its model's parameters to DIR/rank<R>.pt
+  (under FSDP, its shard of each).
 - DDP_FAIL_AT_STEP=N with DDP_FAIL_RANK=R (or "all"): that rank raises at optimizer step N.
 """
 
@@ -71,7 +72,9 @@ def _instrument() -> None:
         result = fit(self)
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
-            torch.save(self.raw_model.state_dict(), Path(dump) / f"rank{RANK}.pt")
+            weights = {name: value.to_local() if hasattr(value, "to_local") else value
+                       for name, value in self.raw_model.state_dict().items()}  # FSDP: a shard
+            torch.save(weights, Path(dump) / f"rank{RANK}.pt")
         return result
 
     def failing_step(self, group):

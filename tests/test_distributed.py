@@ -33,9 +33,11 @@ CONFIG = dict(run_name="ddp", seed=7, data_source="synthetic", vocab_size=16, sy
 
 
 def _launch(tmp: Path, command: list[str], batch_size: int, workspace: Path,
+            sharding: str = "ddp", settings: dict | None = None,
             **env: str) -> subprocess.CompletedProcess:
-    config = tmp / f"config-{batch_size}.json"
-    config.write_text(json.dumps({**CONFIG, "batch_size": batch_size}))
+    config = tmp / f"config-{batch_size}-{sharding}.json"
+    config.write_text(json.dumps({**CONFIG, "batch_size": batch_size, "sharding": sharding,
+                                  **(settings or {})}))
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([*command, "train", "--config", str(config), "--workspace",
                            str(workspace), "--no-progress"], cwd=tmp, env=environment,
@@ -96,6 +98,55 @@ def test_a_checkpoint_moves_between_two_ranks_and_one(tmp_path, reference, first
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from epoch 1, step 4 (8/" in resumed.stdout
     assert "starts again" not in resumed.stdout
+    _assert_close(_final_weights(tmp_path / "ws"), reference)
+
+
+def test_fsdp_on_two_ranks_trains_like_one_process(tmp_path, reference):
+    """sharding=fsdp: each rank holds half of every weight, gradient and AdamW moment; the run
+    ends where one process does, and its checkpoints hold the whole model (rank 0 writes)."""
+    done = _launch(tmp_path, [*TORCHRUN, WORKER], 4, tmp_path / "ws", "fsdp",
+                   DDP_AUDIT=str(tmp_path / "audit"), DDP_DUMP=str(tmp_path / "dump"))
+    assert done.returncode == 0, done.stderr
+    final = _final_weights(tmp_path / "ws")
+    _assert_close(final, reference)
+    shards = [torch.load(tmp_path / "dump" / f"rank{r}.pt") for r in (0, 1)]
+    for name in ("tok_emb.weight", "blocks.0.mlp.fc.weight"):  # each rank holds half the rows
+        assert shards[0][name].shape[0] == shards[1][name].shape[0] == final[name].shape[0] // 2
+        assert torch.equal(torch.cat([shards[0][name], shards[1][name]]), final[name])
+    assert (tmp_path / "audit" / "rank1.txt").read_text() == ""
+    assert "16 sequences per step (FSDP: the model sharded over the ranks)" in done.stdout
+    assert done.stdout.count("epoch 2/2 |") == 1
+
+
+def test_fsdp_evaluates_uneven_shards_and_samples_like_one_process(tmp_path):
+    """17 validation blocks: rank 0 holds 3 batches, rank 1 two. Under FSDP a forward pass is a
+    collective, so rank 1 runs a third on a stand-in batch that counts for nothing: the
+    validation loss is the one-process loss. Every rank generates the epoch's sample (its
+    forward passes are collectives too); rank 0 alone prints it."""
+    settings = {"val_fraction": 0.105, "epochs": 1, "sample_tokens": 4}
+    losses = []
+    for command, batch, sharding in (([sys.executable, WORKER], 8, "ddp"),
+                                     ([*TORCHRUN, WORKER], 4, "fsdp")):
+        done = _launch(tmp_path, command, batch, tmp_path / sharding, sharding, settings)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("sample after epoch 1") == 1
+        newest = sorted((tmp_path / sharding / "checkpoints" / "ddp").glob("step-*.pt"))[-1]
+        losses.append(torch.load(newest, weights_only=False)["history"][-1]["val/loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("first, then", [("fsdp", "one"), ("one", "fsdp")])
+def test_a_checkpoint_moves_between_fsdp_and_one_process(tmp_path, reference, first, then):
+    """Checkpoints have one format: an FSDP run stopped at step 7 resumes in one process, and
+    a one-process checkpoint resumes sharded; both end on the uninterrupted run's weights."""
+    layouts = {"fsdp": ([*TORCHRUN, WORKER], 4, "fsdp"), "one": ([sys.executable, WORKER], 8, "ddp")}
+    command, batch, sharding = layouts[first]
+    stopped = _launch(tmp_path, command, batch, tmp_path / "ws", sharding, DDP_FAIL_AT_STEP="7")
+    assert stopped.returncode != 0 and "injected failure at step 7" in stopped.stderr
+    command, batch, sharding = layouts[then]
+    resumed = _launch(tmp_path, command, batch, tmp_path / "ws", sharding)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from epoch 1, step 4 (8/" in resumed.stdout
     _assert_close(_final_weights(tmp_path / "ws"), reference)
 
 
@@ -181,9 +232,10 @@ def test_the_export_section_prints_this_runs_multi_gpu_command(tiny_config, tmp_
 
     workspace = Workspace.setup(tmp_path / "ws", verbose=False)
     text = multi_gpu_command(tiny_config(run_name="my-run"), workspace)
-    assert ("torchrun --nproc_per_node N -m utils.training train --config "
+    assert ("torchrun --standalone --nproc_per_node N -m utils.training train --config "
             "WORKSPACE/configs/my-run.json --workspace WORKSPACE") in text
-    assert str(workspace.root) in text and "global batch is 8 x 1" in text
+    assert str(workspace.root) in text and "this run takes 8 sequences a step" in text
+    assert "--set batch_size=8/N." in text
 
 
 def test_only_train_runs_under_torchrun(monkeypatch, capsys):

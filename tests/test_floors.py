@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "utils" / "training"
 FLOORS = {
     "training_config": 1, "workspace": 1, "callbacks": 1, "metric_names": 1, "install": 1, "network": 1,
     "errors": 1,
-    "data": 2, "models": 2, "hardware": 2,
+    "data": 2, "models": 2, "hardware": 2, "sharding": 2,
     "checkpoints": 3, "experiment_db": 3, "db_schema": 3, "db_frames": 3,
     "metrics_tracker": 3, "gpu": 3, "wandb_setup": 3,
     "plot_style": 4, "live_plotting": 4, "dashboard": 4, "history": 4,

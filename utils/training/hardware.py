@@ -5,7 +5,7 @@ precision is made here, once, from the hardware, and printed with its reason so 
 to guess why a run is slow or why it uses a grad scaler. And what cannot work on this machine
 (fp16 without a GPU, a model or synthetic data bigger than memory) is refused here, through
 ``TrainingConfig.validate(machine)``, before any data is loaded or any memory allocated.
-What the process meets while training is here too: its place in a torchrun launch (DDP),
+What the process meets while training is here too: its place in a torchrun launch (DDP/FSDP),
 Ctrl-C, and running out of GPU memory, each turned into something a person can act on.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
+import math
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import PersonFacing
+from .sharding import is_sharded, no_gradient_sync, shard
 from .training_config import PRECISIONS, ConfigError, TrainingConfig
 
 # What training takes per parameter: fp32 weights (4 bytes), their gradients (4) and AdamW's two
@@ -376,9 +379,13 @@ class Distributed:
         """One GPU per local rank; None (the usual choice) on one process or without a GPU."""
         return f"cuda:{self.local_rank}" if self.enabled and torch.cuda.is_available() else None
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def wrap(self, model: nn.Module, device: torch.device, sharding: str = "ddp") -> nn.Module:
+        """DDP (a whole model per rank), or FSDP (``sharding="fsdp"``: the model sharded in
+        place over the ranks; see sharding.py). One process: the model as it is."""
         if not self.enabled:
             return model
+        if sharding == "fsdp":
+            return shard(model)
         from torch.nn.parallel import DistributedDataParallel
         # No buffer broadcast in forward: it is a collective, and evaluation, where ranks hold
         # different numbers of batches, must have none (buffers are synced once, at wrapping).
@@ -394,12 +401,35 @@ class Distributed:
         if not self.enabled:
             return ""
         c, n = config, self.world_size
+        how = "FSDP: the model sharded over the ranks" if c.sharding == "fsdp" else "DDP"
         return (f"\nGlobal batch: {c.batch_size} x {c.grad_accum_steps} accumulation x {n} ranks"
-                f" = {c.batch_size * c.grad_accum_steps * n} sequences per step (DDP)")
+                f" = {c.batch_size * c.grad_accum_steps * n} sequences per step ({how})")
 
     def no_sync(self, model: nn.Module) -> AbstractContextManager:
-        """Skip DDP's gradient all-reduce (the micro-steps before an accumulation's last)."""
-        return model.no_sync() if self.enabled else nullcontext()  # type: ignore[operator]
+        """Skip the gradients' all-reduce (DDP) or reduce-scatter (FSDP) on the micro-steps
+        before an accumulation's last."""
+        if not self.enabled:
+            return nullcontext()
+        return no_gradient_sync(model) if is_sharded(model) else model.no_sync()  # type: ignore[operator]
+
+    def even_batches(self, model: nn.Module, loader: Iterable, limit: int | None,
+                     block_size: int) -> Iterator:
+        """The first ``limit`` (None: all) batches of ``loader``. Sharded, a forward pass is a
+        collective (it gathers the weights), so every rank must run as many: a rank whose
+        validation shard is shorter (by up to a batch) gets stand-in batches after its own,
+        whose targets are all ignore_index (-100, the trainer's): they count for nothing."""
+        batches = itertools.islice(loader, limit)
+        if not (self.enabled and is_sharded(model)):
+            yield from batches
+            return
+        mine = min(len(loader), limit or math.inf)  # type: ignore[arg-type]
+        most = torch.tensor([mine], dtype=torch.int64)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX, group=self.cpu_group)
+        yield from batches
+        stand_in = (torch.zeros(1, block_size, dtype=torch.long),
+                    torch.full((1, block_size), -100, dtype=torch.long))
+        for _ in range(int(most.item()) - mine):
+            yield stand_in
 
     def sum_int(self, value: int) -> int:
         """``value`` summed over the ranks, on the host (a micro-batch group's token count)."""
@@ -476,6 +506,9 @@ def end_distributed() -> None:
     """Tear the process group down at a clean exit (after an error torchrun ends the ranks)."""
     global _DISTRIBUTED
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Together: a gloo rank that tears down while another still works (rank 0 writing the
+        # last checkpoint) can abort at exit ("terminate called without an active exception").
+        torch.distributed.barrier(group=_DISTRIBUTED.cpu_group if _DISTRIBUTED else None)
         torch.distributed.destroy_process_group()
     _DISTRIBUTED = None
 

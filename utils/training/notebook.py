@@ -163,16 +163,17 @@ def multi_gpu_command(config: TrainingConfig, workspace: Workspace) -> str:
     """How to carry this run on, on a machine with several GPUs: the same config, data cache,
     history and checkpoints, another launch command (README: "From Colab to a multi-GPU box")."""
     c = config
+    per_step = c.batch_size * c.grad_accum_steps
+    fewer = " (or divide grad_accum_steps by N)" if c.grad_accum_steps > 1 else ""
     return (
-        f"\nTo go on with {c.run_name!r} on a machine with several GPUs, copy the folder "
-        f"{workspace.root} there (its history, checkpoints and token cache carry on), and from "
-        "a checkout of this library run, with N your number of GPUs:\n"
-        f"  torchrun --nproc_per_node N -m utils.training train "
+        f"\nTo go on with {c.run_name!r} on a machine with N GPUs: copy the folder "
+        f"{workspace.root} there (its history, checkpoints and token cache carry on) and, from "
+        "a checkout of this library, run\n"
+        f"  torchrun --standalone --nproc_per_node N -m utils.training train "
         f"--config WORKSPACE/configs/{c.run_name}.json --workspace WORKSPACE\n"
-        f"batch_size is per GPU: the global batch is {c.batch_size} x {c.grad_accum_steps} "
-        "(grad_accum_steps) x N sequences. To keep this run's, add --set grad_accum_steps=... "
-        "or --set batch_size=... divided by N; a checkpoint resumes exactly on any N when "
-        "batch_size x N stays the same."
+        f"with WORKSPACE the copied folder. batch_size is per GPU: this run takes {per_step} "
+        f"sequences a step, N GPUs would take {per_step} x N. To keep {per_step} (and resume "
+        f"mid-epoch exactly), add --set batch_size={c.batch_size}/N{fewer}."
     )
 
 

@@ -55,6 +55,7 @@ from .hardware import (
 )
 from .models.gpt import generate
 from .optimizer import build_optimizer, lr_at, plan_steps
+from .sharding import clip_grad_norm, full_state, grad_scaler, is_sharded, local_state
 from .training_result import TrainingDivergedError, TrainingResult
 
 if TYPE_CHECKING:
@@ -102,12 +103,12 @@ class Trainer:
         self.precision: Precision = choose_precision(config.precision, self.device)
         self.raw_model = model.to(self.device)
         # DDP first, then compile: the compiled graph then breaks at DDP's gradient buckets
-        # and overlaps their all-reduce with the backward pass.
-        self._ddp = self.dist.wrap(self.raw_model, self.device)
+        # and overlaps their all-reduce with the backward pass. FSDP shards raw_model in place.
+        self._ddp = self.dist.wrap(self.raw_model, self.device, config.sharding)
         self.model = torch.compile(self._ddp) if config.compile else self._ddp
         self.optimizer = build_optimizer(self.raw_model, config, self.device)
         # Disabled scaler is a no-op pass-through, so the step code has one path for all dtypes.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
+        self.scaler = grad_scaler(self._ddp, self.device, self.precision.use_grad_scaler)
 
         sampler = getattr(train_loader, "sampler", None)  # a DataLoader's; a list has none
         # Ours starts mid-epoch by itself and its position rides along in checkpoints.
@@ -116,8 +117,7 @@ class Trainer:
         val_sampler = getattr(val_loader, "sampler", None)
         self._val_sampler = val_sampler if isinstance(val_sampler, ResumableBatchSampler) else None
         self.micro_batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
-        self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch
-                                                / config.grad_accum_steps))
+        self.steps_per_epoch = max(1, math.ceil(self.micro_batches_per_epoch / config.grad_accum_steps))
         # The real number of optimizer steps (epochs, max_steps or max_tokens: the first to end).
         self.plan = plan_steps(config, self.steps_per_epoch, self.dist.world_size)
         self.total_steps, self.warmup_steps = self.plan.total_steps, self.plan.warmup_steps
@@ -183,8 +183,7 @@ class Trainer:
             f"Plan: {cfg.epochs} epochs x {self.steps_per_epoch} steps "
             f"({cfg.tokens_per_step * self.dist.world_size:,} tokens/step), warmup "
             f"{self.warmup_steps} steps" + self.dist.describe_batch(cfg)
-            + (f"\n{self.plan.describe(cfg, self.steps_per_epoch)}" if self.plan.budgeted else "")
-        )
+            + (f"\n{self.plan.describe(cfg, self.steps_per_epoch)}" if self.plan.budgeted else ""))
 
         for callback in self.callbacks:
             callback.on_train_start(self)
@@ -222,7 +221,8 @@ class Trainer:
         # sampler would otherwise carry on from where the last, cut-short, evaluation stopped.
         if self._val_sampler is not None:
             self._val_sampler.set_epoch(0)
-        for inputs, targets in itertools.islice(self.val_loader, self.config.eval_max_batches or None):
+        for inputs, targets in self.dist.even_batches(  # FSDP: as many on every rank
+                self._ddp, self.val_loader, self.config.eval_max_batches or None, self.config.block_size):
             metrics.update(*self._forward(inputs, targets), targets, IGNORE_INDEX)
         self.model.train()
         return metrics.compute()
@@ -261,10 +261,8 @@ class Trainer:
         batches = self._epoch_batches()
         self._bar = bar = tqdm(
             total=self.steps_per_epoch, initial=self.batch_in_epoch // cfg.grad_accum_steps,
-            disable=not self.progress,
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True,
-            leave=False,
-        )
+            disable=not self.progress, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
+            dynamic_ncols=True, leave=False)
         self.model.train()
         tick = time.perf_counter()
         try:
@@ -308,8 +306,8 @@ class Trainer:
                 f"({saved}). Run it again to resume from here."
             )
         every = cfg.checkpoint_every_steps
-        due = (improved or (every and self.global_step % every == 0)
-               or time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60)
+        timed = time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60  # each rank's clock
+        due = self.dist.any(timed) or improved or (every and self.global_step % every == 0)
         # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
         # checkpoint from just before that row would make a resume log it a second time.
         if self.checkpoints and due and not epoch_done:
@@ -412,7 +410,7 @@ class Trainer:
             dm.poison_gradients(self.optimizer, self._diverged)
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        grad_norm = clip_grad_norm(self.raw_model, max_norm)
         lr = lr_at(self.global_step, self.total_steps, self.warmup_steps, cfg.learning_rate,
                    cfg.min_lr_ratio)
         for param_group in self.optimizer.param_groups:
@@ -499,10 +497,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
+        weights, optimizer = full_state(self.raw_model, self.optimizer)  # FSDP: a collective
         return {
             "config": self.config.to_dict(),
-            "model": strip_compile_prefix(self.raw_model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
+            "model": strip_compile_prefix(weights), "optimizer": optimizer,
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
             "progress": {**{key: getattr(self, key) for key in _PROGRESS},
@@ -517,14 +515,14 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_model_state(self.raw_model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights, optim = local_state(self.raw_model, self.optimizer, state["model"], state["optimizer"])
+        load_model_state(self.raw_model, weights)  # under FSDP: this rank's pieces of them
+        self.optimizer.load_state_dict(optim)
         self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
         for key in _PROGRESS:
             setattr(self, key, progress[key])
-        self._epoch_acc = dict(progress["epoch_acc"])
-        self._elapsed_before = progress["elapsed"]
+        self._epoch_acc, self._elapsed_before = dict(progress["epoch_acc"]), progress["elapsed"]
         # Checkpoints from before step budgets lack these three.
         self.best_step = progress.get("best_step", 0)
         self._eval_acc = dict(progress.get("eval_acc", dict(_EVAL_ACC)))
@@ -546,12 +544,14 @@ class Trainer:
 
     def _save(self, kind: str, best: bool = False) -> Path | None:
         """Save a checkpoint; ``best``: it holds the best evaluation so far, so mark it best."""
-        if self.checkpoints is None or not self.dist.is_main:
+        # FSDP: every rank gathers the state (a collective; _after_step agrees when); 0 writes.
+        if self.checkpoints is None or not (self.dist.is_main or is_sharded(self._ddp)):
             return None
         self._deliver(self._read_steps())  # first: a resume then logs the same rows
-        self.last_checkpoint = self.checkpoints.save({**self.state_dict(), "kind": kind},
-                                                     self.global_step)
-        self._saved_step = self.global_step
+        state, self._saved_step = {**self.state_dict(), "kind": kind}, self.global_step
+        if not self.dist.is_main:
+            return None
+        self.last_checkpoint = self.checkpoints.save(state, self.global_step)
         if best:
             self.checkpoints.save_best(self.last_checkpoint, self.global_step)
         return self.last_checkpoint

@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MODEL_SOURCES = ("builtin", "gist", "folder")
 DATA_SOURCES = ("huggingface", "drive", "upload", "local", "synthetic")
 TOKENIZERS = ("bpe", "char", "byte")
+SHARDINGS = ("ddp", "fsdp")
 # Starts with a letter or digit so the saved "<run_name>.json" can never look like a temp file.
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TRUE = {"true", "1", "yes", "y", "on"}
@@ -39,7 +40,7 @@ _FALSE = {"false", "0", "no", "n", "off"}
 NOT_HYPERPARAMETERS = frozenset({
     "run_name", "resume", "use_wandb", "wandb_project", "wandb_entity", "wandb_tags",
     "wandb_notes", "checkpoint_every_epochs", "checkpoint_every_minutes", "checkpoint_every_steps",
-    "keep_checkpoints", "log_every_steps",
+    "keep_checkpoints", "log_every_steps", "sharding",
     "sample_prompt", "sample_tokens",
 })
 
@@ -103,7 +104,8 @@ _RANGES: dict[str, _Range] = {
     "val_fraction": _Range(0, 0.5, lo_open=True), "max_samples": _Range(0, hint="0 = all documents"),
     "synthetic_tokens": _Range(1000), "synthetic_order": _Range(1, 3),
 }
-_CHOICES = {"precision": PRECISIONS, "model_source": MODEL_SOURCES, "data_source": DATA_SOURCES}
+_CHOICES = {"precision": PRECISIONS, "model_source": MODEL_SOURCES, "data_source": DATA_SOURCES,
+            "sharding": SHARDINGS}
 # (field, the field it depends on, values that make it required, how to fix it)
 _REQUIRED_WHEN = [
     ("model_ref", "model_source", ("gist",), "give a Gist id or URL"),
@@ -225,6 +227,9 @@ class TrainingConfig:
     adam_beta2: float = 0.95
     precision: str = "auto"
     compile: bool = False
+    # Under torchrun: "ddp" keeps a whole model on every GPU; "fsdp" shards weights, gradients
+    # and optimizer state over the ranks (a model too big for one GPU). One process ignores it.
+    sharding: str = "ddp"
     # evaluation and stopping
     eval_every_steps: int = 0  # 0 = at each epoch end
     eval_max_batches: int = 0
@@ -531,6 +536,7 @@ class TrainingConfig:
         except TypeError:
             mode = f"? (epochs = {c.epochs!r})"
         compiled = "on" if c.compile else "off"
+        compiled += ", FSDP under torchrun" if c.sharding == "fsdp" else ""
         return [
             ("Run", "name", str(c.run_name)),
             ("Run", "mode", mode),

@@ -142,7 +142,9 @@ def result_of(trainer: Any, status: str, started: float) -> TrainingResult:
 def say_sample(trainer: Any) -> None:
     """Generate, keep and print the sample after an epoch (when a tokenizer and sample_tokens)."""
     cfg, tok = trainer.config, trainer.tokenizer
-    if tok is None or cfg.sample_tokens <= 0 or not trainer.dist.is_main:  # rank 0's to show
+    # Rank 0's to show; under FSDP every rank generates (a forward pass is a collective).
+    sharded = trainer.dist.enabled and cfg.sharding == "fsdp"
+    if tok is None or cfg.sample_tokens <= 0 or not (trainer.dist.is_main or sharded):
         return
     prompt = tok.encode(cfg.sample_prompt) if cfg.sample_prompt else []
     if not prompt:  # start from end-of-document, as a fresh document would
