@@ -233,7 +233,8 @@ class TrainingSession:
         if verbose:
             print(prepared.describe())
         database = db if db is not None else NoDatabase()
-        tracker = MetricsTracker(db=database)
+        # On ranks > 0 it only keeps the history in memory: no GPU readings (rank 0's are the run's).
+        tracker = MetricsTracker(db=database, track_gpu=distributed().is_main)
         plotter = None
         if live_plot:
             png = workspace.result(config.run_name, "live") if workspace is not None else None
