@@ -439,10 +439,17 @@ class Distributed:
         torch.distributed.all_reduce(t, group=self.cpu_group)
         return int(t.item())
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is on any one (Ctrl-C, a callback's stop): ranks that
-        disagree about stopping would wait for each other forever."""
-        return bool(self.sum_int(int(bool(flag)))) if self.enabled else flag
+    def any(self, *flags: bool) -> Any:
+        """Each flag True on every rank when it is on any one (Ctrl-C, a callback's stop, a
+        checkpoint due by one rank's clock): ranks that disagree about stopping or saving
+        would wait for each other forever. Several flags take one collective; one flag gives
+        a bool, several a tuple."""
+        agreed = tuple(bool(f) for f in flags)
+        if self.enabled:
+            t = torch.tensor(agreed, dtype=torch.int64)
+            torch.distributed.all_reduce(t, group=self.cpu_group)
+            agreed = tuple(bool(v) for v in t.tolist())
+        return agreed[0] if len(agreed) == 1 else agreed
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a device tensor over the ranks in place; queued, like any kernel (no host wait)."""

@@ -268,7 +268,9 @@ class Trainer:
         try:
             for group in self._groups(batches):
                 self._optimizer_step(group)
-                self._interrupt.requested = self.dist.any(self._interrupt.requested)
+                # One host collective under torchrun: Ctrl-C, and a checkpoint due by a clock.
+                self._interrupt.requested, timed = self.dist.any(self._interrupt.requested, (
+                    time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60))
                 epoch_done = self.batch_in_epoch >= self.micro_batches_per_epoch
                 eval_due = self._eval_due()
                 # Read every log_every_steps steps and before an evaluation, an epoch row or a stop.
@@ -279,7 +281,7 @@ class Trainer:
                 tick = now
                 self._deliver(rows)
                 bar.update(1)
-                last_save, tick, stop = self._after_step(epoch_done, eval_due, last_save, tick)
+                last_save, tick, stop = self._after_step(epoch_done, eval_due, timed, last_save, tick)
                 if stop:
                     break
         except KeyboardInterrupt:  # a second Ctrl-C: the steps taken are still logged
@@ -289,10 +291,9 @@ class Trainer:
         bar.close()
         return last_save
 
-    def _after_step(self, epoch_done: bool, eval_due: bool, last_save: float, tick: float
-                    ) -> tuple[float, float, bool]:
+    def _after_step(self, epoch_done: bool, eval_due: bool, timed: bool, last_save: float,
+                    tick: float) -> tuple[float, float, bool]:
         """Evaluate, stop on Ctrl-C, checkpoint; (last_save, tick, stop the epoch)."""
-        cfg = self.config
         improved = False
         if eval_due:
             improved = self._evaluate_on_step()
@@ -305,9 +306,8 @@ class Trainer:
                 f"Training interrupted at epoch {self.epoch + 1}, step {self.global_step} "
                 f"({saved}). Run it again to resume from here."
             )
-        every = cfg.checkpoint_every_steps
-        timed = time.monotonic() - last_save >= cfg.checkpoint_every_minutes * 60  # each rank's clock
-        due = self.dist.any(timed) or improved or (every and self.global_step % every == 0)
+        every = self.config.checkpoint_every_steps
+        due = timed or improved or (every and self.global_step % every == 0)
         # Never at an epoch's last step: _end_epoch logs the epoch's row and then saves; a
         # checkpoint from just before that row would make a resume log it a second time.
         if self.checkpoints and due and not epoch_done:
